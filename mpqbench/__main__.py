@@ -1,0 +1,3 @@
+from mpqbench.cli import main
+
+raise SystemExit(main())
