@@ -1,0 +1,279 @@
+"""``mpqbench`` command line: info, complexity, pretrain, search, finetune, evaluate, aggregate.
+
+Every error a user can cause ends in one line ``error: <what is wrong; what to do>`` on stderr and
+exit status 2, without a traceback; outputs are written atomically, so a failed command leaves no
+partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from mpqbench.errors import UserError
+
+EXIT_USAGE = 2
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,3,4, got {text!r}") from None
+    if not values or any(v < 1 or v > 16 for v in values):
+        raise argparse.ArgumentTypeError(f"bit candidates must be integers in 1..16, got {text!r}")
+    return values
+
+
+def _hparam(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key.strip(), value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--data-root", default=None, help="root folder of datasets that are not system packages")
+
+
+def _train_args(p: argparse.ArgumentParser, *, epochs: float, lr: float, batch: int) -> None:
+    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--subset", type=int, default=None, help="train on a seeded, stratified subset of N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+
+
+# ---- commands ----------------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    import mpqbench
+    from mpqbench.data import dataset_status
+    from mpqbench.models import list_models
+    from mpqbench.search import list_methods
+    from mpqbench.utils import device_name, resolve_device
+
+    device = resolve_device(args.device)
+    info = {
+        "mpqbench": mpqbench.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "device": device_name(device), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(), "archs": list_models(), "methods": list_methods(),
+        "datasets": dataset_status(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key in ("mpqbench", "python", "torch", "device", "cuda", "threads"):
+        print(f"{key:9s} {info[key]}")
+    print(f"{'archs':9s} {', '.join(info['archs'])}")
+    print(f"{'methods':9s} {', '.join(info['methods'])}")
+    print("datasets:")
+    for d in info["datasets"]:
+        state = f"present ({d['where']})" if d["present"] else f"missing — {d['how_to_get']}"
+        print(f"  {d['name']:13s} {state}")
+    return 0
+
+
+def cmd_complexity(args: argparse.Namespace) -> int:
+    from mpqbench.cost import complexity_report
+    from mpqbench.policy import Policy
+
+    policy: Any = args.policy
+    if args.policy.endswith(".json"):
+        p = Policy.load(args.policy)
+        policy = p.bits()
+    report = complexity_report(args.arch, input_size=args.input_size, num_classes=args.num_classes,
+                               in_channels=args.in_channels, width=args.width, policy=policy)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    t = report["totals"]
+    print(f"{args.arch} @ {args.input_size}px, {args.num_classes} classes, policy {args.policy}")
+    print(f"{'layer':28s} {'type':8s} {'MACs':>12s} {'W':>3s} {'A':>3s} {'GBitOPs':>9s}")
+    for row in report["layers"]:
+        mark = "" if row["searchable"] else " (fixed)"
+        print(f"{row['name'] + mark:28s} {row['type']:8s} {row['macs']:12d} {row['w']:3d} {row['a']:3d} {row['bitops_g']:9.4f}")
+    print(f"MACs: {t['macs_g_all']:.4f} G all, {t['macs_g_searchable']:.4f} G searchable")
+    print(f"BitOPs: {t['bitops_g_all']:.4f} G all layers, {t['bitops_g_searchable']:.4f} G searchable only")
+    print(f"size {t['size_mb']:.4f} MB, avg bits W{t['avg_w_bits']:.3f} A{t['avg_a_bits']:.3f}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace, *, weight_decay: float):
+    from mpqbench.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       device=args.device, amp=not args.no_amp,
+                       weight_decay=args.weight_decay if args.weight_decay is not None else weight_decay)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mpqbench.pipeline import pretrain
+
+    meta = pretrain(arch=args.arch, dataset=args.dataset, data_root=args.data_root, input_size=args.input_size,
+                    width=args.width, subset=args.subset, cfg=_train_config(args, weight_decay=5e-4),
+                    out=Path(args.out), progress=not args.no_progress, weights=args.weights)
+    print(f"FP {args.arch} on {args.dataset}: top-1 {meta['top1']:.2f}% ({meta['wall_s']:.0f} s) -> {args.out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mpqbench.search.run import SearchRequest, run_search
+
+    req = SearchRequest(
+        method=args.method, label=args.label, arch=args.arch, proxy=args.proxy, target=args.target,
+        budget=args.budget, seed=args.seed, proxy_label=args.proxy_label, proxy_subset=args.proxy_subset,
+        proxy_input_size=args.proxy_input_size, target_input_size=args.target_input_size, width=args.width,
+        w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=dict(args.hp or []),
+        teacher=Path(args.teacher) if args.teacher else None, data_root=args.data_root, device=args.device,
+        progress=not args.no_progress, work_dir=Path(args.work_dir) if args.work_dir else None,
+    )
+    policy = run_search(req, Path(args.out))
+    a, s = policy.achieved, policy.search
+    print(f"{policy.method}: {a.bitops_g_searchable:.4f}/{policy.budget.bitops_g:.4f} GBitOPs (searchable), "
+          f"avg W{a.avg_w_bits:.2f}A{a.avg_a_bits:.2f}, search {s.wall_s:.1f} s, {s.macs_processed:.3g} MACs"
+          f"{', repaired' if s.repaired else ''} -> {args.out}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from mpqbench.pipeline import finetune
+
+    meta = finetune(policy_path=Path(args.policy), fp_path=Path(args.fp), dataset=args.dataset,
+                    data_root=args.data_root, subset=args.subset, cfg=_train_config(args, weight_decay=1e-4),
+                    out=Path(args.out), progress=not args.no_progress)
+    print(f"QAT fine-tune done in {meta['wall_s']:.0f} s -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mpqbench.pipeline import evaluate_run
+
+    record = evaluate_run(ckpt_path=Path(args.ckpt), policy_path=Path(args.policy), fp_path=Path(args.fp),
+                          dataset=args.dataset, data_root=args.data_root, suite=args.suite, out=Path(args.out),
+                          device=args.device, batch_size=args.batch_size)
+    m = record["metrics"]
+    print(f"{record['method']} {record['arch']} {record['budget']['name']} seed {record['seed']}: "
+          f"top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% -> {args.out}")
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from mpqbench.pipeline import aggregate
+
+    out = aggregate(runs_dir=Path(args.runs), out_dir=Path(args.out_dir), figures=not args.no_figures)
+    print(f"aggregated {out['records']} records -> {args.out_dir}")
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpqbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, device, archs, methods, and which datasets are present")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("complexity", help="MACs, BitOPs and size of an arch under a policy")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--policy", default="w8a8", help="uniform name such as w4a4, or a policy JSON file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_complexity)
+
+    p = sub.add_parser("pretrain", help="train the full-precision model (target start model or proxy teacher)")
+    _common(p)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's native size")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--weights", default=None, help="start from a local state-dict file or 'torchvision' (hub cache only)")
+    _train_args(p, epochs=3, lr=0.1, batch=128)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("search", help="search a bit-width policy on a proxy dataset")
+    _common(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--label", default=None, help="name recorded for this variant (default: the method)")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--proxy", required=True, help="dataset searched on")
+    p.add_argument("--proxy-label", default=None, help="recorded proxy name (default: dataset, '-subset' if subset)")
+    p.add_argument("--proxy-subset", type=int, default=None)
+    p.add_argument("--proxy-input-size", type=int, default=None)
+    p.add_argument("--target", required=True, help="dataset deployed on (the budget is resolved on its geometry)")
+    p.add_argument("--target-input-size", type=int, default=None)
+    p.add_argument("--budget", required=True, help="uniform reference such as w3a3 or w2.5a2.5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--w-candidates", type=_int_list, default=[2, 3, 4])
+    p.add_argument("--a-candidates", type=_int_list, default=[2, 3, 4])
+    p.add_argument("--hp", type=_hparam, action="append", metavar="KEY=VALUE", help="method hyper-parameter")
+    p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
+    p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("finetune", help="QAT fine-tune the FP model on the target with a fixed policy")
+    _common(p)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--fp", required=True, help="FP checkpoint of the arch trained on the target")
+    p.add_argument("--dataset", required=True)
+    _train_args(p, epochs=1, lr=0.01, batch=128)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned model on the target test split; write a run record")
+    _common(p)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--fp", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--suite", default="adhoc")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="derive leaderboard.csv, summary.json and figures from run records")
+    p.add_argument("--runs", default="results/runs")
+    p.add_argument("--out-dir", default="results")
+    p.add_argument("--no-figures", action="store_true")
+    p.set_defaults(func=cmd_aggregate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad syntax
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

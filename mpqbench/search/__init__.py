@@ -1,0 +1,123 @@
+"""Method registry and the contract every MPQ search method fulfils.
+
+A method is a class registered with ``@register_method("name")``. It declares its hyper-parameters as a
+pydantic model ``Hparams`` (defaults = the reference values of methods.md; the record keeps them) and
+implements ``search(ctx, hp) -> SearchOutcome``. The harness (``mpqbench.search.run``) builds the
+context, measures nothing itself — each method wraps its real step function in ``ctx.meter`` — and turns
+the outcome into a policy JSON that always meets the budget.
+
+Baselines live in ``baselines/``, one file per method; :func:`load_plugins` imports them so they
+register themselves exactly like the built-in methods.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import Dataset
+
+from mpqbench.cost import SearchCostMeter
+from mpqbench.registry import Registry
+
+
+class NoHparams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class SearchContext:
+    """Everything a method may use. The proxy data are at the proxy geometry; costs are on the target's."""
+
+    arch: str
+    proxy: str  # label of the proxy (dataset name, or e.g. "fashion-mnist-subset")
+    proxy_train: Dataset
+    num_classes: int
+    in_channels: int
+    input_size: int  # proxy input size (the supernet is built at this geometry)
+    width: float
+    target_macs: dict[str, int]  # per-layer MACs of the deployed (target-geometry) model
+    searchable: list[str]
+    fixed: list[str]
+    budget_name: str
+    budget_bitops_g: float  # searchable-only BitOPs of the budget on the target geometry, in 1e9
+    w_candidates: list[int]
+    a_candidates: list[int]
+    seed: int
+    device: torch.device
+    meter: SearchCostMeter
+    teacher_ckpt: Path | None = None
+    progress: bool = True
+    work_dir: Path | None = None  # where a method may checkpoint to resume a long search
+
+    def bitops_g(self, layers: dict[str, tuple[int, int]]) -> float:
+        """Searchable-only BitOPs (1e9) of a per-layer assignment on the target geometry."""
+        return sum(self.target_macs[n] * w * a for n, (w, a) in layers.items()) / 1e9
+
+
+@dataclass
+class SearchOutcome:
+    layers: dict[str, tuple[int, int]]
+    epochs: float
+    repaired: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: subclasses set ``Hparams`` and implement :meth:`search`."""
+
+    name: ClassVar[str] = ""
+    Hparams: ClassVar[type[BaseModel]] = NoHparams
+    needs_teacher: ClassVar[bool] = False
+    # Searches directly on the target dataset (the expensive conventional reference).
+    searches_on_target: ClassVar[bool] = False
+
+    def search(self, ctx: SearchContext, hp: BaseModel) -> SearchOutcome:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: register ``cls`` under ``name`` (raises on a duplicate name)."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+_PLUGINS_LOADED = False
+
+
+def load_plugins() -> None:
+    """Import the built-in methods and every module of the ``baselines`` package (once)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    importlib.import_module("mpqbench.search.controls")
+    importlib.import_module("mpqbench.search.differentiable")
+    try:
+        import baselines
+    except ImportError:  # pragma: no cover - baselines ship with mpqbench
+        return
+    for info in pkgutil.iter_modules(baselines.__path__):
+        importlib.import_module(f"baselines.{info.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    load_plugins()
+    return METHODS.get(name)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    load_plugins()
+    return METHODS.names(pattern)

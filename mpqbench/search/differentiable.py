@@ -1,0 +1,226 @@
+"""The shared differentiable search (the host of EdMIPS, GMPQ and ASGA) and the ASGA methods.
+
+Single-level search as in EdMIPS/GMPQ's code: on each proxy batch one loss
+``CE + aux + complexity`` is back-propagated, and the network weights θ, the bit logits α and the
+LSQ step sizes step together (three SGD groups). Subclasses change two hooks only:
+
+- :meth:`DifferentiableSearch.aux_loss` — an extra loss term (GMPQ's attribution imitation);
+- :meth:`DifferentiableSearch.uses_asga` — the weight step becomes ASGA's two-pass step.
+
+Complexity term (choice, methods.md): ``C(α) = Σ_l MACs_l · E[b_w,l] · E[b_a,l]`` with MACs of the
+*target* geometry, divided by the budget's BitOPs so that the weight λ is comparable across archs and
+budgets. ``complexity_mode="hinge"`` (default) adds ``λ · relu(C/B − target_ratio)``, which steers the
+expected BitOPs down to the budget and leaves the policy alone below it; ``"linear"`` is EdMIPS's
+published ``λ · C/B``. The final policy is the argmax of softmax(α_w), softmax(α_a) per layer, then the
+budget repair of :mod:`mpqbench.search.repair` if needed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from mpqbench.data import make_loader
+from mpqbench.models import get_model
+from mpqbench.optim.asga import ASGA
+from mpqbench.quant import arch_parameters, build_supernet, mixed_layers, quantizer_parameters, weight_parameters
+from mpqbench.search import Method, SearchContext, SearchOutcome, register_method
+from mpqbench.search.repair import repair_to_budget
+from mpqbench.utils import seed_everything, torch_save
+
+
+class DiffHparams(BaseModel):
+    """Defaults are methods.md's (EdMIPS/GMPQ search recipe); every field is recorded in the policy."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: float = Field(25, gt=0, description="search epochs over the proxy train split")
+    batch_size: int = Field(256, gt=0)
+    lr_w: float = Field(0.1, description="SGD lr of the network weights (and LSQ steps)")
+    lr_alpha: float = Field(0.01, description="SGD lr of the bit logits α")
+    momentum: float = 0.9
+    weight_decay: float = Field(1e-4, description="on conv/linear weights only")
+    lr_milestones: list[float] = Field([0.4, 0.8], description="fractions of the run where both lrs ×0.1 (10 and 20 of 25 epochs)")
+    complexity_weight: float = Field(2.0, ge=0, description="λ of the complexity term")
+    complexity_mode: Literal["hinge", "linear"] = "hinge"
+    complexity_target: float = Field(1.0, gt=0, description="hinge point as a fraction of the budget")
+
+
+class AsgaHparams(DiffHparams):
+    """ASGA's optimizer settings (methods.md) on top of the host's."""
+
+    rho_init: float = 0.05
+    rho_max: float = 0.1
+    beta: float = Field(0.001, description="alignment step β (SAGM's α)")
+    sam: bool = True
+    align: bool = True
+    adaptive_rho: bool = True
+    alpha_grad: Literal["mean", "clean", "perturbed"] = "mean"
+
+
+class DifferentiableSearch(Method):
+    """Host search with plain SGD on the weights — registered as ``edmips`` by ``baselines/edmips.py``."""
+
+    Hparams = DiffHparams
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def uses_asga(self, hp: BaseModel) -> bool:
+        return False
+
+    def prepare(self, ctx: SearchContext, hp: BaseModel, supernet: nn.Module) -> None:
+        """Called once before the loop (GMPQ loads its teacher here)."""
+
+    def aux_loss(self, supernet: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: SearchContext, hp: BaseModel):
+        """Return ``(logits, aux)`` where aux is an extra loss term or None. Default: plain forward."""
+        return supernet(x), None
+
+    # ---- pieces ---------------------------------------------------------------------------------------
+    @staticmethod
+    def complexity_ratio(supernet: nn.Module, ctx: SearchContext) -> torch.Tensor:
+        """Expected searchable BitOPs on the target geometry divided by the budget (differentiable in α)."""
+        total = None
+        for name, layer in mixed_layers(supernet).items():
+            e_w, e_a = layer.expected_bits()
+            term = ctx.target_macs[name] * e_w * e_a
+            total = term if total is None else total + term
+        return total / (ctx.budget_bitops_g * 1e9)
+
+    def complexity_loss(self, supernet: nn.Module, ctx: SearchContext, hp: DiffHparams) -> torch.Tensor:
+        ratio = self.complexity_ratio(supernet, ctx)
+        if hp.complexity_mode == "linear":
+            return hp.complexity_weight * ratio
+        return hp.complexity_weight * F.relu(ratio - hp.complexity_target)
+
+    def build_supernet(self, ctx: SearchContext) -> nn.Module:
+        model = get_model(ctx.arch, num_classes=ctx.num_classes, in_channels=ctx.in_channels,
+                          input_size=ctx.input_size, width=ctx.width)
+        return build_supernet(model, ctx.searchable, ctx.w_candidates, ctx.a_candidates).to(ctx.device)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def search(self, ctx: SearchContext, hp: DiffHparams) -> SearchOutcome:
+        seed_everything(ctx.seed)
+        supernet = self.build_supernet(ctx)
+        supernet.train()
+        self.prepare(ctx, hp, supernet)
+
+        # LSQ steps are initialised from data on their first forward: do it once on a proxy batch before
+        # the optimisers see them (not counted as a search step; no parameter update).
+        first_x, _ = next(iter(make_loader(ctx.proxy_train, batch_size=hp.batch_size, shuffle=True, seed=ctx.seed)))
+        with torch.no_grad():
+            supernet(first_x.to(ctx.device))
+
+        alphas = arch_parameters(supernet)
+        steps_q = quantizer_parameters(supernet)
+        weights = weight_parameters(supernet)
+        decay = [p for p in weights if p.ndim > 1]
+        no_decay = [p for p in weights if p.ndim <= 1]
+        w_groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        use_asga = self.uses_asga(hp)
+        if use_asga:
+            opt_w = ASGA(w_groups, torch.optim.SGD, rho_init=hp.rho_init, rho_max=hp.rho_max, beta=hp.beta,
+                         sam=hp.sam, align=hp.align, adaptive_rho=hp.adaptive_rho, model=supernet,
+                         lr=hp.lr_w, momentum=hp.momentum)
+        else:
+            opt_w = torch.optim.SGD(w_groups, lr=hp.lr_w, momentum=hp.momentum)
+        opt_q = torch.optim.SGD(steps_q, lr=hp.lr_w, momentum=hp.momentum) if steps_q else None
+        opt_a = torch.optim.SGD(alphas, lr=hp.lr_alpha, momentum=hp.momentum)
+        optimizers = [o for o in (opt_w, opt_q, opt_a) if o is not None]
+
+        steps_per_epoch = len(make_loader(ctx.proxy_train, batch_size=hp.batch_size, shuffle=True, seed=0))
+        total_steps = max(1, math.ceil(hp.epochs * steps_per_epoch))
+        milestones = [int(m * total_steps) for m in hp.lr_milestones]
+
+        def lr_factor(step: int) -> float:
+            return 0.1 ** sum(step >= m for m in milestones)
+
+        base_lrs = [[g["lr"] for g in o.param_groups] for o in optimizers]
+        ckpt = ctx.work_dir / f"search-{self.name}.ckpt" if ctx.work_dir else None
+        step, epoch = 0, 0
+        if ckpt is not None and ckpt.exists():
+            state = torch.load(ckpt, weights_only=True)
+            supernet.load_state_dict(state["model"])
+            for o, s in zip(optimizers, state["optimizers"]):
+                o.load_state_dict(s)
+            step, epoch = state["step"], state["epoch"]
+            ctx.meter.load_state_dict(state["meter"])
+            torch.set_rng_state(state["rng"])
+
+        extra = alphas + steps_q
+        pbar = tqdm(total=total_steps, initial=step, desc=f"search {self.name}", disable=not ctx.progress, leave=False)
+        history: list[dict[str, float]] = []
+        while step < total_steps:
+            loader = make_loader(ctx.proxy_train, batch_size=hp.batch_size, shuffle=True, seed=ctx.seed * 100_003 + epoch)
+            for x, y in loader:
+                if step >= total_steps:
+                    break
+                for o, lrs in zip(optimizers, base_lrs):
+                    for g, lr in zip(o.param_groups, lrs):
+                        g["lr"] = lr * lr_factor(step)
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+
+                def closure() -> torch.Tensor:
+                    logits, aux = self.aux_loss(supernet, x, y, ctx, hp)
+                    loss = F.cross_entropy(logits, y)
+                    if aux is not None:
+                        loss = loss + aux
+                    loss = loss + self.complexity_loss(supernet, ctx, hp)
+                    loss.backward()
+                    return loss.detach()
+
+                with ctx.meter.step(batch_size=x.shape[0]):
+                    for o in optimizers:
+                        o.zero_grad(set_to_none=True)
+                    if use_asga:
+                        loss = opt_w.step(closure, extra_params=extra, extra_grad=hp.alpha_grad)
+                    else:
+                        loss = closure()
+                        opt_w.step()
+                    if opt_q is not None:
+                        opt_q.step()
+                    opt_a.step()
+                step += 1
+                pbar.update(1)
+                if step % max(1, steps_per_epoch // 4) == 0 or step == total_steps:
+                    rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx))}
+                    if use_asga:
+                        rec.update(rho=opt_w.rho, gap=opt_w.last_gap)
+                    history.append(rec)
+            epoch += 1
+            if ckpt is not None and step < total_steps:
+                torch_save({"model": supernet.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                            "step": step, "epoch": epoch, "meter": ctx.meter.state_dict(),
+                            "rng": torch.get_rng_state()}, ckpt)
+        pbar.close()
+
+        layers, prefs = {}, {}
+        for name, layer in mixed_layers(supernet).items():
+            layers[name] = layer.argmax_bits()
+            lw = torch.log_softmax(layer.alpha_w.detach().double(), 0).tolist()
+            la = torch.log_softmax(layer.alpha_a.detach().double(), 0).tolist()
+            prefs[name] = {"w": dict(zip(ctx.w_candidates, lw)), "a": dict(zip(ctx.a_candidates, la))}
+        raw_bitops_g = ctx.bitops_g(layers)
+        layers, repaired = repair_to_budget(layers, ctx.target_macs, ctx.budget_bitops_g,
+                                            ctx.w_candidates, ctx.a_candidates, preferences=prefs)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+        alpha_dump = {n: {"w": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_w.detach().softmax(0).tolist()],
+                          "a": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_a.detach().softmax(0).tolist()]}
+                      for n in layers}
+        return SearchOutcome(layers=layers, epochs=total_steps / steps_per_epoch, repaired=repaired,
+                             extra={"raw_bitops_g": raw_bitops_g, "history": history, "probs": alpha_dump})
+
+
+@register_method("asga")
+class Asga(DifferentiableSearch):
+    """ASGA (ICML 2025) on the EdMIPS host: the weight step is :class:`mpqbench.optim.asga.ASGA`."""
+
+    Hparams = AsgaHparams
+
+    def uses_asga(self, hp: AsgaHparams) -> bool:
+        return True

@@ -1,0 +1,136 @@
+"""Run one search end to end: build the context, call the method, write the policy JSON.
+
+This is the harness side of the method contract: it resolves the budget on the *target* geometry,
+hands the method a :class:`~mpqbench.cost.SearchCostMeter`, validates the outcome, repairs a policy that
+misses the budget, and records achieved cost, search cost and provenance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mpqbench.cost import SearchCostMeter, budget_bitops_g, layer_macs, summarize
+from mpqbench.data import dataset_info, load_split, subset
+from mpqbench.errors import UserError
+from mpqbench.models import fixed_layer_names, get_model, searchable_layer_names
+from mpqbench.policy import Achieved, Budget, Candidates, LayerBits, Policy, SearchInfo
+from mpqbench.records import provenance
+from mpqbench.search import SearchContext, get_method
+from mpqbench.search.repair import repair_to_budget
+from mpqbench.utils import resolve_device, seed_everything
+
+
+@dataclass
+class SearchRequest:
+    method: str
+    arch: str
+    proxy: str  # dataset name
+    target: str  # dataset name
+    budget: str
+    seed: int
+    label: str | None = None
+    proxy_label: str | None = None  # e.g. "fashion-mnist-subset"; defaults to proxy (+"-subset" with a subset)
+    proxy_subset: int | None = None
+    proxy_input_size: int | None = None
+    target_input_size: int | None = None
+    width: float = 1.0
+    w_candidates: list[int] = field(default_factory=lambda: [2, 3, 4])
+    a_candidates: list[int] = field(default_factory=lambda: [2, 3, 4])
+    hparams: dict[str, Any] = field(default_factory=dict)
+    teacher: Path | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    progress: bool = True
+    work_dir: Path | None = None
+
+
+def parse_hparams(method_cls, overrides: dict[str, Any]):
+    try:
+        return method_cls.Hparams(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        known = ", ".join(method_cls.Hparams.model_fields)
+        raise UserError(f"bad hyper-parameter '{where}' for {method_cls.name}: {err['msg']}; known: {known or 'none'}") from None
+
+
+def target_geometry(arch: str, target: str, *, input_size: int | None, width: float, data_root: str | None):
+    """The deployed model's (MACs per layer, searchable names, fixed names, input size)."""
+    info = dataset_info(target, root=data_root)
+    size = input_size or info.native_size
+    model = get_model(arch, num_classes=info.num_classes, in_channels=info.in_channels, input_size=size, width=width)
+    return model, layer_macs(model, input_size=size, in_channels=info.in_channels), size, info
+
+
+def run_search(req: SearchRequest, out: Path) -> Policy:
+    method_cls = get_method(req.method)
+    hp = parse_hparams(method_cls, req.hparams)
+    if method_cls.needs_teacher and req.teacher is None:
+        raise UserError(f"method {req.method} needs an FP teacher pretrained on the proxy; pass --teacher FP.pt "
+                        f"(make one with `mpqbench pretrain --dataset {req.proxy} ...`)")
+    if method_cls.searches_on_target and req.proxy != req.target:
+        raise UserError(f"method {req.method} searches on the target itself; pass --proxy {req.target}")
+    device = resolve_device(req.device)
+
+    tgt_model, tgt_macs, _, _ = target_geometry(req.arch, req.target, input_size=req.target_input_size,
+                                                width=req.width, data_root=req.data_root)
+    searchable, fixed = searchable_layer_names(tgt_model), list(fixed_layer_names(tgt_model))
+    bitops_budget = budget_bitops_g(req.budget, tgt_macs, searchable)
+
+    pinfo = dataset_info(req.proxy, root=req.data_root)
+    p_size = req.proxy_input_size or pinfo.native_size
+    proxy_model = get_model(req.arch, num_classes=pinfo.num_classes, in_channels=pinfo.in_channels, input_size=p_size, width=req.width)
+    if searchable_layer_names(proxy_model) != searchable:
+        raise UserError(f"{req.arch} has different searchable layers at proxy size {p_size} and the target size; "
+                        "a policy cannot transfer — use the same arch family for both")
+    proxy_train = load_split(req.proxy, "train", root=req.data_root, input_size=p_size)
+    if req.proxy_subset:
+        proxy_train = subset(proxy_train, count=req.proxy_subset, seed=req.seed)
+    proxy_label = req.proxy_label or (f"{req.proxy}-subset" if req.proxy_subset else req.proxy)
+
+    meter = SearchCostMeter(device)
+    ctx = SearchContext(
+        arch=req.arch, proxy=proxy_label, proxy_train=proxy_train, num_classes=pinfo.num_classes,
+        in_channels=pinfo.in_channels, input_size=p_size, width=req.width, target_macs=tgt_macs,
+        searchable=searchable, fixed=fixed, budget_name=req.budget, budget_bitops_g=bitops_budget,
+        w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
+        device=device, meter=meter, teacher_ckpt=req.teacher, progress=req.progress, work_dir=req.work_dir,
+    )
+    seed_everything(req.seed)
+    t0 = time.perf_counter()
+    outcome = method_cls().search(ctx, hp)
+    wall_s = time.perf_counter() - t0
+
+    if set(outcome.layers) != set(searchable):
+        raise RuntimeError(f"method {req.method} returned layers that do not match the searchable set")
+    for name, (w, a) in outcome.layers.items():
+        if w not in ctx.w_candidates or a not in ctx.a_candidates:
+            raise RuntimeError(f"method {req.method} chose W{w}A{a} for {name}, outside the candidates")
+    layers, repaired_now = repair_to_budget(outcome.layers, tgt_macs, bitops_budget, ctx.w_candidates, ctx.a_candidates)
+    layers = {n: layers[n] for n in searchable}
+    fixed_bits = {n: (8, 8) for n in fixed}
+    s = summarize(tgt_model, tgt_macs, layers, fixed_bits)
+    cost = meter.to_dict()
+    policy = Policy(
+        arch=req.arch, method=req.label or req.method,
+        budget=Budget(name=req.budget, bitops_g=bitops_budget),
+        layers={n: LayerBits(w=w, a=a) for n, (w, a) in layers.items()},
+        fixed={n: LayerBits(w=w, a=a) for n, (w, a) in fixed_bits.items()},
+        candidates=Candidates(w=ctx.w_candidates, a=ctx.a_candidates),
+        achieved=Achieved(bitops_g_all=s.bitops_g_all, bitops_g_searchable=s.bitops_g_searchable,
+                          size_mb=s.size_mb, avg_w_bits=s.avg_w_bits, avg_a_bits=s.avg_a_bits),
+        search=SearchInfo(proxy=proxy_label, seed=req.seed, epochs=outcome.epochs,
+                          hparams={"method": req.method, **hp.model_dump(mode="json")},
+                          wall_s=max(wall_s, cost["wall_s"]), macs_processed=cost["macs_processed"],
+                          gpu_hours=cost["gpu_hours"], device=cost["device"], steps=cost["steps"],
+                          repaired=outcome.repaired or repaired_now),
+        provenance={**provenance(device), "search_extra": {k: v for k, v in outcome.extra.items() if k != "history"},
+                    "history": outcome.extra.get("history", [])},
+    )
+    policy.save(out)
+    return policy
