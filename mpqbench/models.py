@@ -145,7 +145,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
             report.skipped.append(f"{key} (shape {tuple(tensor.shape)} != {tuple(own[key].shape)})")
         else:
             fitting[key] = tensor
-    if not fitting:
+    if all(k.endswith("num_batches_tracked") for k in fitting):  # scalar counters fit any arch
         raise UserError(f"no tensor in {path} fits {type(model).__name__}; is it a state dict of this arch?")
     model.load_state_dict(fitting, strict=False)
     report.loaded = list(fitting)
