@@ -1,0 +1,85 @@
+"""The generic contract every registered method must pass (benchopt style), on the smoke setting.
+
+For each method: the policy validates against the arch, meets the budget on the target geometry, is
+identical for the same seed on CPU, and records its search cost (wall_s > 0; macs_processed > 0 for
+every method that runs a network, exactly 0 for the two controls, which run none).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpqbench.data import dataset_info
+from mpqbench.models import get_model
+from mpqbench.policy import Policy
+from mpqbench.search import get_method, list_methods
+from mpqbench.search.run import SearchRequest, run_search
+
+CONTROLS = {"uniform", "random"}
+# Smoke settings: tiny ResNet-20 on digits at 16×16, a couple of search steps.
+SMOKE_HP = {"epochs": 0.3, "batch_size": 64}
+ARCH, WIDTH, PROXY, TARGET = "resnet20", 0.25, "digits", "fashion-mnist"
+
+
+def fashion_available() -> bool:
+    try:
+        dataset_info(TARGET)
+        from mpqbench.data import load_split
+
+        load_split(TARGET, "test", input_size=16)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+pytestmark = pytest.mark.skipif(not fashion_available(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from mpqbench.pipeline import pretrain
+    from mpqbench.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("teacher") / "fp_digits.pt"
+    pretrain(arch=ARCH, dataset=PROXY, data_root=None, input_size=16, width=WIDTH, subset=256,
+             cfg=TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=0, device="cpu"), out=out, progress=False)
+    return out
+
+
+def smoke_request(method: str, seed: int, teacher) -> SearchRequest:
+    cls = get_method(method)
+    hp = {k: v for k, v in SMOKE_HP.items() if k in cls.Hparams.model_fields}
+    if "num_batches" in cls.Hparams.model_fields:
+        hp["num_batches"] = 1
+    if "max_probes" in cls.Hparams.model_fields:
+        hp["max_probes"] = 4
+    proxy = TARGET if cls.searches_on_target else PROXY
+    return SearchRequest(method=method, arch=ARCH, proxy=proxy, target=TARGET, budget="w2.5a2.5", seed=seed,
+                         proxy_subset=200, proxy_input_size=16, target_input_size=16, width=WIDTH, hparams=hp,
+                         teacher=teacher if cls.needs_teacher else None, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_contract(method, tmp_path, teacher):
+    torch.set_num_threads(1)  # same kernels on every run → bitwise-identical searches for a seed
+    a = run_search(smoke_request(method, 0, teacher), tmp_path / "a.json")
+    b = run_search(smoke_request(method, 0, teacher), tmp_path / "b.json")
+    policy = Policy.load(tmp_path / "a.json")
+
+    target_model = get_model(ARCH, num_classes=10, in_channels=1, input_size=16, width=WIDTH)
+    policy.validate_for(target_model)
+    assert policy.achieved.bitops_g_searchable <= policy.budget.bitops_g * (1 + 1e-9)
+    assert a.bits() == b.bits(), "same seed must give the same policy"
+    assert policy.search.wall_s > 0
+    if method in CONTROLS:
+        assert policy.search.macs_processed == 0
+    else:
+        assert policy.search.macs_processed > 0
+    assert policy.search.hparams["method"] == method
+    assert policy.provenance["git_commit"]
+
+
+def test_every_method_is_covered():
+    # A new baselines/<name>.py is picked up by list_methods() and therefore by the contract above.
+    assert {"uniform", "random", "edmips", "edmips-target", "asga"} <= set(list_methods())
