@@ -1,0 +1,450 @@
+"""Training loops: FP pre-training, QAT fine-tuning of a policy, evaluation.
+
+One loop, :func:`train`, serves both stages:
+
+- SGD with momentum (Nesterov off); weight decay only on parameters with ``ndim >= 2`` (conv/linear
+  weights) — BN affine parameters, biases and LSQ step sizes (shape ``[]`` or ``[C]``) are not decayed;
+- a per-step cosine learning rate over the whole run, ``lr·½(1 + cos(π·step/total_steps))``, no warm-up;
+- sample order a pure function of ``(seed, epoch)``, so a run resumed from its checkpoint reaches the
+  same final weights as an uninterrupted one (same device and thread count);
+- a checkpoint at the end of every epoch (model, optimizer, scheduler, epoch, RNG states), written
+  atomically, resumed from automatically when ``ckpt_path`` exists;
+- bf16 autocast on CUDA only (``cfg.amp``), fp32 everywhere else; evaluation always in fp32;
+- DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): gloo on CPU, nccl on CUDA,
+  each rank a disjoint ``DistributedSampler``-style shard, ``batch_size`` per process, rank 0 writes;
+- ``macs_processed`` = MACs per sample (FlopCounterMode on the first real step, forward + backward)
+  × samples processed by all ranks: a hardware-independent cost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from mpqbench.errors import UserError
+from mpqbench.utils import resolve_device, seed_everything, torch_save, write_json
+
+CKPT_VERSION = 1
+FIXED_BITS = (8, 8)  # stem conv and classifier during fine-tuning
+# Config fields that change the training trajectory: a checkpoint written under other values is not resumed.
+_TRAJECTORY_FIELDS = ("epochs", "lr", "batch_size", "seed", "momentum", "weight_decay", "label_smoothing")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (keyword-only).
+
+    ``batch_size`` is per process: under DDP the global batch is ``batch_size × WORLD_SIZE``.
+    ``amp`` enables bf16 autocast on CUDA only. ``num_workers`` applies to non-tensor datasets.
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    amp: bool = True
+    label_smoothing: float = 0.0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}; pass a positive --epochs")
+        if not self.lr > 0:
+            raise UserError(f"learning rate must be > 0, got {self.lr}; pass a positive --lr")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {self.batch_size}; pass a positive --batch-size")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}; pass a non-negative --seed")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# runtime: device and distributed setup
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _runtime(device: str) -> _Runtime:
+    """The device to use and, under torchrun (``WORLD_SIZE > 1``), an initialised process group.
+
+    The process group is created once per process (gloo on CPU, nccl on CUDA) and destroyed at exit.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return _Runtime(dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(_destroy_process_group)
+    return _Runtime(dev, dist.get_rank(), dist.get_world_size())
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp``; a no-op context everywhere else."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data order and batching
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_order(num_samples: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's sample indices for one epoch — a pure function of its arguments.
+
+    A seeded permutation, padded by wrapping to a multiple of ``world`` and strided by rank, as
+    ``DistributedSampler`` does, so every rank gets ``ceil(num_samples / world)`` indices.
+    """
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+    if world > 1:
+        total = math.ceil(num_samples / world) * world
+        order = order.repeat(math.ceil(total / num_samples))[:total][rank::world]
+    return order
+
+
+def _index_batches(order: torch.Tensor, batch_size: int, *, drop_last: bool) -> list[torch.Tensor]:
+    """Split ``order`` into batches; with ``drop_last`` the trailing partial batch is dropped when at
+    least one full batch exists (a batch of one would break BatchNorm in training mode)."""
+    batches = list(torch.split(order, batch_size))
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def _iter_batches(
+    ds: Dataset, batches: list[torch.Tensor], *, num_workers: int, pin_memory: bool, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` for each index batch; in-memory ``TensorDataset``s are indexed directly.
+
+    The DataLoader gets its own seeded generator, so worker seeds do not touch the global RNG.
+    """
+    if isinstance(ds, TensorDataset):
+        x_all, y_all = ds.tensors[0], ds.tensors[1]
+        for idx in batches:
+            yield x_all[idx], y_all[idx]
+        return
+    loader = DataLoader(
+        ds,
+        batch_sampler=[idx.tolist() for idx in batches],
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    yield from loader
+
+
+# ----------------------------------------------------------------------------------------------------------
+# optimisation helpers
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two SGD groups: weights with ``ndim >= 2`` decayed; BN affine, biases and LSQ steps not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total_steps`` (1 → 0, per step)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+class _CostMeter:
+    """MACs processed: FlopCounterMode (forward + backward) on the first step gives MACs per sample."""
+
+    def __init__(self) -> None:
+        self.macs_per_sample = 0.0
+        self.samples = 0
+
+    @contextlib.contextmanager
+    def step(self, batch_size: int) -> Iterator[None]:
+        if self.samples == 0:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False)
+            with counter:
+                yield
+            self.macs_per_sample = counter.get_total_flops() / 2 / batch_size
+        else:
+            yield
+        self.samples += batch_size
+
+    @property
+    def macs_processed(self) -> float:
+        return self.macs_per_sample * self.samples
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
+         np_state["cached_gaussian"])
+    )
+
+
+def _gather_rng(rt: _Runtime) -> list[dict[str, Any]]:
+    """Every rank's RNG state (index = rank); gathered onto all ranks under DDP."""
+    state = _rng_state()
+    if rt.world == 1:
+        return [state]
+    states: list[Any] = [None] * rt.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _check_resumable(state: Mapping[str, Any], cfg: TrainConfig, num_samples: int, world: int, path: Path) -> None:
+    saved = state.get("config", {})
+    mismatched = [k for k in _TRAJECTORY_FIELDS if saved.get(k) != getattr(cfg, k)]
+    if state.get("num_samples") != num_samples:
+        mismatched.append("num_samples")
+    if state.get("world_size") != world:
+        mismatched.append("world_size")
+    if state.get("version") != CKPT_VERSION or mismatched:
+        raise UserError(
+            f"checkpoint {path} was written by a different run ({', '.join(mismatched) or 'version'} differ); "
+            "delete it to start over or rerun with the same settings"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train / evaluate
+
+
+def train(
+    model: nn.Module,
+    train_ds: Dataset,
+    cfg: TrainConfig,
+    *,
+    ckpt_path: str | os.PathLike,
+    val_ds: Dataset | None = None,
+    progress: bool = True,
+    param_groups: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with SGD + per-step cosine LR; checkpoint every epoch; resume if possible.
+
+    ``train_ds`` yields ``(float tensor C×H×W, int label)``. ``param_groups`` (optional) are handed to
+    ``torch.optim.SGD`` as they are (keys a group lacks default to ``cfg``); by default
+    :func:`default_param_groups`. A fresh run seeds python/numpy/torch with ``cfg.seed + rank``.
+    The model ends on the resolved device.
+
+    Returns ``{"epochs", "wall_s", "macs_processed", "final_train_loss", "history"}``: ``wall_s`` is
+    the whole run's wall time (across resumes; data loading and checkpoints included),
+    ``macs_processed`` summed over ranks and resumes, ``final_train_loss`` the last epoch's mean loss,
+    ``history`` one dict per epoch (``epoch``, ``train_loss``, ``lr``, and ``val_top1``/``val_top5``/
+    ``val_loss`` when ``val_ds`` is given).
+    """
+    t0 = time.perf_counter()
+    rt = _runtime(cfg.device)
+    ckpt_path = Path(ckpt_path)
+    num_samples = len(train_ds)
+    if num_samples == 0:
+        raise UserError("the training set is empty; check the dataset root and --subset")
+    batches_per_epoch = len(
+        _index_batches(epoch_order(num_samples, seed=cfg.seed, epoch=0, rank=rt.rank, world=rt.world),
+                       cfg.batch_size, drop_last=True)
+    )
+    total_steps = cfg.epochs * batches_per_epoch
+
+    model.to(rt.device)
+    groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
+
+    start_epoch, history = 0, []
+    prior_wall_s, prior_macs, final_loss = 0.0, 0.0, math.nan
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        _check_resumable(state, cfg, num_samples, rt.world, ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"][rt.rank])
+        start_epoch, history = state["epoch"], list(state["history"])
+        prior_wall_s, prior_macs, final_loss = state["wall_s"], state["macs_processed"], state["final_train_loss"]
+    else:
+        seed_everything(cfg.seed + rt.rank)
+
+    net: nn.Module = model
+    if rt.world > 1:
+        net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    meter = _CostMeter()
+    show = progress and rt.is_main and sys.stderr.isatty()
+    pin = rt.device.type == "cuda"
+
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        order = epoch_order(num_samples, seed=cfg.seed, epoch=epoch, rank=rt.rank, world=rt.world)
+        batches = _index_batches(order, cfg.batch_size, drop_last=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+        seen = torch.zeros((), dtype=torch.float64, device=rt.device)
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for i, (x, y) in enumerate(_iter_batches(train_ds, batches, num_workers=cfg.num_workers, pin_memory=pin,
+                                                 seed=_epoch_seed(cfg.seed, epoch))):
+            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            with meter.step(len(x)):
+                with _autocast(rt.device, cfg.amp):
+                    logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(x)
+            seen += len(x)
+            bar.update()
+            if show and i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}")
+        bar.close()
+        if rt.world > 1:
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(seen)
+            # BN running stats drift apart in each rank's last forward: keep rank 0's, as the checkpoint does.
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+        final_loss = (loss_sum / seen).item()
+        if not math.isfinite(final_loss):
+            raise UserError(
+                f"training diverged (mean loss {final_loss} in epoch {epoch + 1}); lower the learning rate "
+                f"(now {cfg.lr})"
+            )
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": final_loss, "lr": scheduler.get_last_lr()[0]}
+        if val_ds is not None:
+            val = evaluate(model, val_ds, batch_size=max(cfg.batch_size, 256), device=rt.device)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        history.append(record)
+        rngs = _gather_rng(rt)
+        if rt.is_main:
+            torch_save(
+                {
+                    "version": CKPT_VERSION,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rngs,
+                    "config": asdict(cfg),
+                    "num_samples": num_samples,
+                    "world_size": rt.world,
+                    "history": history,
+                    "final_train_loss": final_loss,
+                    "wall_s": prior_wall_s + time.perf_counter() - t0,
+                    "macs_processed": prior_macs + meter.macs_processed * rt.world,
+                },
+                ckpt_path,
+            )
+        if show:
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if rt.world > 1:
+            dist.barrier()
+
+    return {
+        "epochs": cfg.epochs,
+        "wall_s": prior_wall_s + time.perf_counter() - t0,
+        "macs_processed": prior_macs + meter.macs_processed * rt.world,
+        "final_train_loss": final_loss,
+        "history": history,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, ds: Dataset, *, batch_size: int = 256, device: str | torch.device = "auto"
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``ds``, in fp32.
+
+    Top-5 uses ``k = min(5, num_classes)``. The model is moved to ``device`` and put back in the
+    train/eval mode it was in.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    num_samples = len(ds)
+    if num_samples == 0:
+        raise UserError("the evaluation set is empty; check the dataset root and split")
+    was_training = model.training
+    model.to(dev).eval()
+    top1 = torch.zeros((), dtype=torch.int64, device=dev)
+    top5 = torch.zeros((), dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    batches = _index_batches(torch.arange(num_samples), batch_size, drop_last=False)
+    try:
+        for x, y in _iter_batches(ds, batches, num_workers=0, pin_memory=False, seed=0):
+            x, y = x.to(dev), y.to(dev)
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+            top1 += hits[:, 0].sum()
+            top5 += hits.any(dim=1).sum()
+    finally:
+        model.train(was_training)
+    return {
+        "top1": 100.0 * top1.item() / num_samples,
+        "top5": 100.0 * top5.item() / num_samples,
+        "loss": loss_sum.item() / num_samples,
+    }
