@@ -108,10 +108,13 @@ class WeightsReport:
     skipped: list[str] = field(default_factory=list)  # "key (reason)" for file entries not used
     missing: list[str] = field(default_factory=list)  # model keys the file did not provide (left at init)
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 10) -> str:
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
         return (
-            f"{len(self.loaded)} tensors loaded; skipped {len(self.skipped)}: {', '.join(self.skipped) or '-'}; "
-            f"left at init {len(self.missing)}: {', '.join(self.missing) or '-'}"
+            f"{len(self.loaded)} tensors loaded; skipped {len(self.skipped)}: {names(self.skipped) or '-'}; "
+            f"left at init {len(self.missing)}: {names(self.missing) or '-'}"
         )
 
 
