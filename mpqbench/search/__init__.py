@@ -57,7 +57,9 @@ class SearchContext:
 
     def bitops_g(self, layers: dict[str, tuple[int, int]]) -> float:
         """Searchable-only BitOPs (1e9) of a per-layer assignment on the target geometry."""
-        return sum(self.target_macs[n] * w * a for n, (w, a) in layers.items()) / 1e9
+        from mpqbench.cost import bitops_g
+
+        return bitops_g(self.target_macs, layers)
 
 
 @dataclass

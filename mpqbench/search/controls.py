@@ -21,15 +21,15 @@ class Uniform(Method):
     Hparams = NoHparams
 
     def search(self, ctx: SearchContext, hp: BaseModel) -> SearchOutcome:
+        # A control runs no network: its search cost is the wall time of this choice, and 0 MACs.
         w_ref, a_ref = parse_budget(ctx.budget_name)
-        with ctx.meter.step(batch_size=0, count_macs=False):
-            if float(w_ref).is_integer() and float(a_ref).is_integer() and w_ref in ctx.w_candidates and a_ref in ctx.a_candidates:
-                w, a = int(w_ref), int(a_ref)
-            else:
-                fits = [(w * a, w, a) for w in ctx.w_candidates for a in ctx.a_candidates if w * a <= w_ref * a_ref]
-                if not fits:
-                    raise UserError(f"no uniform policy of the candidates fits budget {ctx.budget_name}; lower the candidates")
-                _, w, a = max(fits)
+        if float(w_ref).is_integer() and float(a_ref).is_integer() and w_ref in ctx.w_candidates and a_ref in ctx.a_candidates:
+            w, a = int(w_ref), int(a_ref)
+        else:
+            fits = [(w * a, w, a) for w in ctx.w_candidates for a in ctx.a_candidates if w * a <= w_ref * a_ref]
+            if not fits:
+                raise UserError(f"no uniform policy of the candidates fits budget {ctx.budget_name}; lower the candidates")
+            _, w, a = max(fits)
         return SearchOutcome(layers={n: (w, a) for n in ctx.searchable}, epochs=0)
 
 
@@ -51,16 +51,15 @@ class RandomPolicy(Method):
         ws, as_ = np.array(ctx.w_candidates), np.array(ctx.a_candidates)
         budget = ctx.budget_bitops_g * 1e9
         chunk = 20_000
-        with ctx.meter.step(batch_size=0, count_macs=False):
-            for _ in range(0, hp.max_draws, chunk):
-                w = ws[rng.integers(len(ws), size=(chunk, len(macs)))]
-                a = as_[rng.integers(len(as_), size=(chunk, len(macs)))]
-                bitops = (w * a * macs).sum(axis=1)
-                ok = np.flatnonzero((bitops >= hp.low * budget) & (bitops <= budget))
-                if ok.size:
-                    i = ok[0]
-                    layers = {n: (int(w[i, j]), int(a[i, j])) for j, n in enumerate(ctx.searchable)}
-                    return SearchOutcome(layers=layers, epochs=0)
+        for _ in range(0, hp.max_draws, chunk):
+            w = ws[rng.integers(len(ws), size=(chunk, len(macs)))]
+            a = as_[rng.integers(len(as_), size=(chunk, len(macs)))]
+            bitops = (w * a * macs).sum(axis=1)
+            ok = np.flatnonzero((bitops >= hp.low * budget) & (bitops <= budget))
+            if ok.size:
+                i = ok[0]
+                layers = {n: (int(w[i, j]), int(a[i, j])) for j, n in enumerate(ctx.searchable)}
+                return SearchOutcome(layers=layers, epochs=0)
         raise UserError(
             f"no random policy within {hp.low:.0%}-100% of budget {ctx.budget_name} in {hp.max_draws} draws; "
             "widen the window with --hp low=0.8 or change the candidates"

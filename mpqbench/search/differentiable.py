@@ -71,7 +71,8 @@ class DifferentiableSearch(Method):
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def uses_asga(self, hp: BaseModel) -> bool:
-        return False
+        """The weight step is ASGA's whenever the method's hyper-parameters are ASGA's."""
+        return isinstance(hp, AsgaHparams)
 
     def prepare(self, ctx: SearchContext, hp: BaseModel, supernet: nn.Module) -> None:
         """Called once before the loop (GMPQ loads its teacher here)."""
@@ -221,6 +222,3 @@ class Asga(DifferentiableSearch):
     """ASGA (ICML 2025) on the EdMIPS host: the weight step is :class:`mpqbench.optim.asga.ASGA`."""
 
     Hparams = AsgaHparams
-
-    def uses_asga(self, hp: AsgaHparams) -> bool:
-        return True

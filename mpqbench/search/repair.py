@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from mpqbench.cost import bitops_g as _bitops_g
 from mpqbench.errors import UserError
 
 # name -> {"w": {bits: log_prob}, "a": {bits: log_prob}}
@@ -19,7 +20,7 @@ Preferences = Mapping[str, Mapping[str, Mapping[int, float]]]
 
 
 def bitops_g(layers: Mapping[str, tuple[int, int]], macs: Mapping[str, int]) -> float:
-    return sum(macs[n] * w * a for n, (w, a) in layers.items()) / 1e9
+    return _bitops_g(macs, layers)
 
 
 def repair_to_budget(

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mpqbench.cost import SearchCostMeter, budget_bitops_g, layer_macs, summarize
+from mpqbench.cost import ArchCost, SearchCostMeter, budget_bitops_g, summarize
 from mpqbench.data import dataset_info, load_split, subset
 from mpqbench.errors import UserError
-from mpqbench.models import fixed_layer_names, get_model, searchable_layer_names
+from mpqbench.models import get_model, searchable_layer_names
 from mpqbench.policy import Achieved, Budget, Candidates, LayerBits, Policy, SearchInfo
 from mpqbench.records import provenance
 from mpqbench.search import SearchContext, get_method
@@ -60,11 +60,11 @@ def parse_hparams(method_cls, overrides: dict[str, Any]):
 
 
 def target_geometry(arch: str, target: str, *, input_size: int | None, width: float, data_root: str | None):
-    """The deployed model's (MACs per layer, searchable names, fixed names, input size)."""
+    """The deployed model's cost table (:class:`~mpqbench.cost.ArchCost`) and input size."""
     info = dataset_info(target, root=data_root)
     size = input_size or info.native_size
     model = get_model(arch, num_classes=info.num_classes, in_channels=info.in_channels, input_size=size, width=width)
-    return model, layer_macs(model, input_size=size, in_channels=info.in_channels), size, info
+    return ArchCost.from_model(model, input_size=size, in_channels=info.in_channels), size
 
 
 def run_search(req: SearchRequest, out: Path) -> Policy:
@@ -77,9 +77,9 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         raise UserError(f"method {req.method} searches on the target itself; pass --proxy {req.target}")
     device = resolve_device(req.device)
 
-    tgt_model, tgt_macs, _, _ = target_geometry(req.arch, req.target, input_size=req.target_input_size,
-                                                width=req.width, data_root=req.data_root)
-    searchable, fixed = searchable_layer_names(tgt_model), list(fixed_layer_names(tgt_model))
+    tgt_cost, _ = target_geometry(req.arch, req.target, input_size=req.target_input_size,
+                                  width=req.width, data_root=req.data_root)
+    tgt_macs, searchable, fixed = tgt_cost.macs, list(tgt_cost.searchable), list(tgt_cost.fixed)
     bitops_budget = budget_bitops_g(req.budget, tgt_macs, searchable)
 
     pinfo = dataset_info(req.proxy, root=req.data_root)
@@ -114,7 +114,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
     layers, repaired_now = repair_to_budget(outcome.layers, tgt_macs, bitops_budget, ctx.w_candidates, ctx.a_candidates)
     layers = {n: layers[n] for n in searchable}
     fixed_bits = {n: (8, 8) for n in fixed}
-    s = summarize(tgt_model, tgt_macs, layers, fixed_bits)
+    s = summarize(tgt_cost, layers, fixed_bits)
     cost = meter.to_dict()
     policy = Policy(
         arch=req.arch, method=req.label or req.method,
