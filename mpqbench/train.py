@@ -5,15 +5,16 @@ One loop, :func:`train`, serves both stages:
 - SGD with momentum (Nesterov off); weight decay only on parameters with ``ndim >= 2`` (conv/linear
   weights) — BN affine parameters, biases and LSQ step sizes (shape ``[]`` or ``[C]``) are not decayed;
 - a per-step cosine learning rate over the whole run, ``lr·½(1 + cos(π·step/total_steps))``, no warm-up;
-- sample order a pure function of ``(seed, epoch)``, so a run resumed from its checkpoint reaches the
-  same final weights as an uninterrupted one (same device and thread count);
+- batches from :func:`mpqbench.data.make_loader` (order and augmentation a pure function of
+  ``(seed, epoch, rank)``), so a run resumed from its checkpoint reaches the same final weights as an
+  uninterrupted one (same device and thread count);
 - a checkpoint at the end of every epoch (model, optimizer, scheduler, epoch, RNG states), written
   atomically, resumed from automatically when ``ckpt_path`` exists;
 - bf16 autocast on CUDA only (``cfg.amp``), fp32 everywhere else; evaluation always in fp32;
 - DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): gloo on CPU, nccl on CUDA,
-  each rank a disjoint ``DistributedSampler``-style shard, ``batch_size`` per process, rank 0 writes;
-- ``macs_processed`` = MACs per sample (FlopCounterMode on the first real step, forward + backward)
-  × samples processed by all ranks: a hardware-independent cost.
+  each rank a ``DistributedSampler`` shard, ``batch_size`` per process, rank 0 writes checkpoints;
+- ``macs_processed`` from :class:`mpqbench.cost.SearchCostMeter`: MACs per sample (FlopCounterMode on
+  the first real step, forward + backward) × samples processed by all ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -35,16 +36,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from mpqbench.cost import SearchCostMeter
+from mpqbench.data import make_loader
 from mpqbench.errors import UserError
-from mpqbench.utils import resolve_device, seed_everything, torch_save, write_json
+from mpqbench.utils import resolve_device, seed_everything, torch_save
 
 CKPT_VERSION = 1
-FIXED_BITS = (8, 8)  # stem conv and classifier during fine-tuning
 # Config fields that change the training trajectory: a checkpoint written under other values is not resumed.
-_TRAJECTORY_FIELDS = ("epochs", "lr", "batch_size", "seed", "momentum", "weight_decay", "label_smoothing")
+_TRAJECTORY_FIELDS = ("epochs", "lr", "batch_size", "seed", "momentum", "weight_decay", "label_smoothing", "augment")
 
 
 @dataclass(kw_only=True)
@@ -52,7 +54,9 @@ class TrainConfig:
     """Hyper-parameters of one training run (keyword-only).
 
     ``batch_size`` is per process: under DDP the global batch is ``batch_size × WORLD_SIZE``.
-    ``amp`` enables bf16 autocast on CUDA only. ``num_workers`` applies to non-tensor datasets.
+    ``amp`` enables bf16 autocast on CUDA only. ``augment``: random crop + flip for in-memory datasets
+    (file-backed datasets augment through their split transform; see ``mpqbench.data.make_loader``).
+    ``num_workers`` applies to file-backed datasets.
     """
 
     epochs: int
@@ -64,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     label_smoothing: float = 0.0
+    augment: bool = True
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -125,58 +130,6 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 
 # ----------------------------------------------------------------------------------------------------------
-# data order and batching
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def epoch_order(num_samples: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """This rank's sample indices for one epoch — a pure function of its arguments.
-
-    A seeded permutation, padded by wrapping to a multiple of ``world`` and strided by rank, as
-    ``DistributedSampler`` does, so every rank gets ``ceil(num_samples / world)`` indices.
-    """
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-    if world > 1:
-        total = math.ceil(num_samples / world) * world
-        order = order.repeat(math.ceil(total / num_samples))[:total][rank::world]
-    return order
-
-
-def _index_batches(order: torch.Tensor, batch_size: int, *, drop_last: bool) -> list[torch.Tensor]:
-    """Split ``order`` into batches; with ``drop_last`` the trailing partial batch is dropped when at
-    least one full batch exists (a batch of one would break BatchNorm in training mode)."""
-    batches = list(torch.split(order, batch_size))
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def _iter_batches(
-    ds: Dataset, batches: list[torch.Tensor], *, num_workers: int, pin_memory: bool, seed: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` for each index batch; in-memory ``TensorDataset``s are indexed directly.
-
-    The DataLoader gets its own seeded generator, so worker seeds do not touch the global RNG.
-    """
-    if isinstance(ds, TensorDataset):
-        x_all, y_all = ds.tensors[0], ds.tensors[1]
-        for idx in batches:
-            yield x_all[idx], y_all[idx]
-        return
-    loader = DataLoader(
-        ds,
-        batch_sampler=[idx.tolist() for idx in batches],
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    yield from loader
-
-
-# ----------------------------------------------------------------------------------------------------------
 # optimisation helpers
 
 
@@ -193,31 +146,6 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str
 def cosine_factor(step: int, total_steps: int) -> float:
     """Learning-rate multiplier at optimizer step ``step`` of ``total_steps`` (1 → 0, per step)."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-
-class _CostMeter:
-    """MACs processed: FlopCounterMode (forward + backward) on the first step gives MACs per sample."""
-
-    def __init__(self) -> None:
-        self.macs_per_sample = 0.0
-        self.samples = 0
-
-    @contextlib.contextmanager
-    def step(self, batch_size: int) -> Iterator[None]:
-        if self.samples == 0:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            counter = FlopCounterMode(display=False)
-            with counter:
-                yield
-            self.macs_per_sample = counter.get_total_flops() / 2 / batch_size
-        else:
-            yield
-        self.samples += batch_size
-
-    @property
-    def macs_processed(self) -> float:
-        return self.macs_per_sample * self.samples
 
 
 def _rng_state() -> dict[str, Any]:
@@ -305,11 +233,12 @@ def train(
     num_samples = len(train_ds)
     if num_samples == 0:
         raise UserError("the training set is empty; check the dataset root and --subset")
-    batches_per_epoch = len(
-        _index_batches(epoch_order(num_samples, seed=cfg.seed, epoch=0, rank=rt.rank, world=rt.world),
-                       cfg.batch_size, drop_last=True)
-    )
-    total_steps = cfg.epochs * batches_per_epoch
+    # Drop a trailing partial batch (BatchNorm cannot train on a batch of one) unless it is the only one.
+    shard_size = math.ceil(num_samples / rt.world)
+    loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                         drop_last=shard_size > cfg.batch_size, augment=cfg.augment,
+                         num_workers=cfg.num_workers, distributed=rt.world > 1)
+    total_steps = cfg.epochs * len(loader)
 
     model.to(rt.device)
     groups = param_groups if param_groups is not None else default_param_groups(model, cfg.weight_decay)
@@ -335,19 +264,16 @@ def train(
     net: nn.Module = model
     if rt.world > 1:
         net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    meter = _CostMeter()
+    meter = SearchCostMeter(rt.device, world_size=rt.world)
     show = progress and rt.is_main and sys.stderr.isatty()
-    pin = rt.device.type == "cuda"
 
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
-        order = epoch_order(num_samples, seed=cfg.seed, epoch=epoch, rank=rt.rank, world=rt.world)
-        batches = _index_batches(order, cfg.batch_size, drop_last=True)
+        loader.set_epoch(epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
         seen = torch.zeros((), dtype=torch.float64, device=rt.device)
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
-        for i, (x, y) in enumerate(_iter_batches(train_ds, batches, num_workers=cfg.num_workers, pin_memory=pin,
-                                                 seed=_epoch_seed(cfg.seed, epoch))):
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
             with meter.step(len(x)):
                 with _autocast(rt.device, cfg.amp):
@@ -396,7 +322,7 @@ def train(
                     "history": history,
                     "final_train_loss": final_loss,
                     "wall_s": prior_wall_s + time.perf_counter() - t0,
-                    "macs_processed": prior_macs + meter.macs_processed * rt.world,
+                    "macs_processed": prior_macs + meter.macs_processed,
                 },
                 ckpt_path,
             )
@@ -408,7 +334,7 @@ def train(
     return {
         "epochs": cfg.epochs,
         "wall_s": prior_wall_s + time.perf_counter() - t0,
-        "macs_processed": prior_macs + meter.macs_processed * rt.world,
+        "macs_processed": prior_macs + meter.macs_processed,
         "final_train_loss": final_loss,
         "history": history,
     }
@@ -432,9 +358,9 @@ def evaluate(
     top1 = torch.zeros((), dtype=torch.int64, device=dev)
     top5 = torch.zeros((), dtype=torch.int64, device=dev)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    batches = _index_batches(torch.arange(num_samples), batch_size, drop_last=False)
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, seed=0)
     try:
-        for x, y in _iter_batches(ds, batches, num_workers=0, pin_memory=False, seed=0):
+        for x, y in loader:
             x, y = x.to(dev), y.to(dev)
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

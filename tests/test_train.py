@@ -13,29 +13,36 @@ from torch.utils.data import Dataset, TensorDataset
 
 import mpqbench.train as train_mod
 from mpqbench.errors import UserError
-from mpqbench.train import TrainConfig, cosine_factor, default_param_groups, epoch_order, evaluate, train
+from mpqbench.data import TensorImageDataset
+from mpqbench.train import TrainConfig, cosine_factor, default_param_groups, evaluate, train
+
+# Forward MACs per sample of _mlp(): Linear(48, 16) + Linear(16, 3).
+MLP_MACS = 48 * 16 + 16 * 3
 
 
-def _blobs(n: int = 96, num_classes: int = 3, dim: int = 8, seed: int = 0) -> TensorDataset:
-    """Linearly separable Gaussian blobs: class c centred at 4·e_c."""
+def _images(n: int = 96, seed: int = 0) -> TensorImageDataset:
+    """Separable 3-class toy images [n, 3, 4, 4] in 0..1: class c = channel c bright. Crop and flip keep
+    the class, so the in-memory loader's augmentation (an RNG consumer) is on."""
     g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % num_classes
-    x = torch.randn(n, dim, generator=g) * 0.5
-    x[torch.arange(n), y] += 4.0
-    return TensorDataset(x, y)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 3, 4, 4, generator=g) * 0.3
+    x[torch.arange(n), y] += 0.7
+    return TensorImageDataset(x, y, mean=(0.5,) * 3, std=(0.25,) * 3, classes=("a", "b", "c"), crop_pad_px=1,
+                              flip=True)
 
 
-def _mlp(seed: int = 0, dim: int = 8, num_classes: int = 3) -> nn.Module:
+def _mlp(seed: int = 0) -> nn.Module:
     """Tiny net with BN (buffers), dropout (RNG) and biases (no-decay group)."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(dim, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Linear(16, 3))
 
 
 class _ListDataset(Dataset):
-    """A non-tensor dataset, to exercise the DataLoader path."""
+    """A plain per-item dataset, to exercise the DataLoader path."""
 
-    def __init__(self, ds: TensorDataset) -> None:
-        self.x, self.y = ds.tensors
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
 
     def __len__(self) -> int:
         return len(self.y)
@@ -77,7 +84,7 @@ def test_evaluate_exact_metrics(as_list: bool) -> None:
     labels = torch.tensor([0, 4, 5, 2])
     ds = TensorDataset(torch.arange(4).float().unsqueeze(1), labels)
     if as_list:
-        ds = _ListDataset(ds)
+        ds = _ListDataset(*ds.tensors)
     model = _FixedLogits(logits).train()
     out = evaluate(model, ds, batch_size=3, device="cpu")
     expected_loss = sum(
@@ -100,22 +107,12 @@ def test_evaluate_top5_with_fewer_classes() -> None:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def test_epoch_order_is_pure_and_sharded() -> None:
-    a = epoch_order(10, seed=3, epoch=1)
-    assert torch.equal(a, epoch_order(10, seed=3, epoch=1))
-    assert not torch.equal(a, epoch_order(10, seed=3, epoch=2))
-    assert sorted(a.tolist()) == list(range(10))
-    shards = [epoch_order(10, seed=3, epoch=1, rank=r, world=3) for r in range(3)]
-    assert [len(s) for s in shards] == [4, 4, 4]
-    assert set(torch.cat(shards).tolist()) == set(range(10))
-
-
 def test_weight_decay_groups_skip_bn_bias_and_steps() -> None:
     model = _mlp()
     model.step = nn.Parameter(torch.tensor(0.5))  # stands in for an LSQ step size
     groups = default_param_groups(model, 1e-4)
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {id(model[0].weight), id(model[4].weight)}
+    assert decayed == {id(model[1].weight), id(model[5].weight)}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
@@ -130,7 +127,7 @@ def test_config_rejects_bad_values() -> None:
 
 
 def test_training_reduces_loss_and_ends_with_zero_lr(tmp_path) -> None:
-    ds = _blobs()
+    ds = _images()
     model = _mlp()
     before = evaluate(model, ds, device="cpu")
     stats = train(model, ds, _cfg(epochs=4), ckpt_path=tmp_path / "ck.pt", val_ds=ds, progress=False)
@@ -143,23 +140,24 @@ def test_training_reduces_loss_and_ends_with_zero_lr(tmp_path) -> None:
     assert stats["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # 96 samples, batch 16 → 6 steps/epoch; epoch 1 ends at step 6 of 24
     assert stats["history"][0]["lr"] == pytest.approx(0.1 * cosine_factor(6, 24))
-    # MACs: forward 8·16 + 16·3 = 176 per sample; forward + backward counted ≈ 3× (first layer's input
-    # gradient is not needed) — between 2× and 3× forward, × 4 epochs × 96 samples
-    macs_per_epoch_sample = stats["macs_processed"] / (4 * 96)
-    assert 2 * 176 <= macs_per_epoch_sample <= 3 * 176
+    # MACs: forward + backward is 2-3× the forward (the first layer's input gradient is not needed),
+    # × 4 epochs × 96 samples
+    assert 2 * MLP_MACS <= stats["macs_processed"] / (4 * 96) <= 3 * MLP_MACS
 
 
-def test_non_tensor_dataset_trains_like_tensor_dataset(tmp_path) -> None:
-    ds = _blobs(n=40)
+def test_per_item_dataset_trains_like_in_memory_dataset(tmp_path) -> None:
+    ds = _images(n=40)
     m1, m2 = _mlp(), _mlp()
-    train(m1, ds, _cfg(epochs=2), ckpt_path=tmp_path / "a.pt", progress=False)
-    train(m2, _ListDataset(ds), _cfg(epochs=2), ckpt_path=tmp_path / "b.pt", progress=False)
+    cfg = _cfg(epochs=2, augment=False)
+    train(m1, ds, cfg, ckpt_path=tmp_path / "a.pt", progress=False)
+    x, y = ds.batch(torch.arange(len(ds)))
+    train(m2, _ListDataset(x, y), cfg, ckpt_path=tmp_path / "b.pt", progress=False)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_progress_is_silent_when_stderr_is_not_a_tty(tmp_path, capsys) -> None:
-    train(_mlp(), _blobs(n=32), _cfg(epochs=1), ckpt_path=tmp_path / "ck.pt", progress=True)
+    train(_mlp(), _images(n=32), _cfg(epochs=1), ckpt_path=tmp_path / "ck.pt", progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -168,7 +166,7 @@ class _Killed(Exception):
 
 
 def test_kill_and_resume_gives_identical_weights(tmp_path, monkeypatch) -> None:
-    ds = _blobs(n=50)  # 50 = 3 full batches of 16 + a dropped partial one
+    ds = _images(n=50)  # 50 = 3 full batches of 16 + a dropped partial one; augmentation on
     cfg = _cfg(epochs=3)
 
     reference = _mlp(seed=1)
@@ -201,19 +199,19 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, monkeypatch) -> None:
     # Resuming a finished run trains nothing and changes nothing.
     again = _mlp(seed=9)
     stats2 = train(again, ds, cfg, ckpt_path=tmp_path / "run.pt", progress=False)
-    assert torch.equal(again[0].weight, reference[0].weight)
+    assert torch.equal(again[1].weight, reference[1].weight)
     assert stats2["final_train_loss"] == ref_stats["final_train_loss"]
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path) -> None:
-    ds = _blobs(n=32)
+    ds = _images(n=32)
     train(_mlp(), ds, _cfg(epochs=1), ckpt_path=tmp_path / "ck.pt", progress=False)
     with pytest.raises(UserError, match="lr"):
         train(_mlp(), ds, _cfg(epochs=1, lr=0.05), ckpt_path=tmp_path / "ck.pt", progress=False)
 
 
 def test_checkpoint_is_complete_and_weights_only_loadable(tmp_path) -> None:
-    ds = _blobs(n=32)
+    ds = _images(n=32)
     model = _mlp()
     train(model, ds, _cfg(epochs=2), ckpt_path=tmp_path / "ck.pt", progress=False)
     state = torch.load(tmp_path / "ck.pt", weights_only=True)
@@ -233,14 +231,14 @@ def test_amp_is_not_used_on_cpu(tmp_path) -> None:
     class Probe(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc = nn.Linear(8, 3)
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             seen.append(torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
             assert x.dtype == torch.float32
             return self.fc(x)
 
-    train(Probe(), _blobs(n=32), _cfg(epochs=1, amp=True), ckpt_path=tmp_path / "ck.pt", progress=False)
+    train(Probe(), _images(n=32), _cfg(epochs=1, amp=True), ckpt_path=tmp_path / "ck.pt", progress=False)
     assert seen and not any(seen)
     assert isinstance(train_mod._autocast(torch.device("cpu"), True), type(train_mod._autocast(torch.device("cpu"), False)))
 
@@ -271,7 +269,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
 
     train_mod.torch_save = counting_save
     model = _mlp(seed=rank)  # different inits: DDP must broadcast rank 0's
-    stats = train(model, _blobs(n=64), _cfg(epochs=1, batch_size=8), ckpt_path=f"{tmp}/ck.pt", progress=False)
+    stats = train(model, _images(n=64), _cfg(epochs=1, batch_size=8), ckpt_path=f"{tmp}/ck.pt", progress=False)
     torch.save({"state": model.state_dict(), "saves": saves, "stats": stats}, f"{tmp}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -286,9 +284,9 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path) -> None:
     assert len(r0["saves"]) == 1 and r1["saves"] == []
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert ck["epoch"] == 1 and ck["world_size"] == 2 and len(ck["rng"]) == 2
-    assert torch.equal(ck["model"]["0.weight"], r0["state"]["0.weight"])
+    assert torch.equal(ck["model"]["1.weight"], r0["state"]["1.weight"])
     # 64 samples sharded over 2 ranks: 4 steps of 8 per rank; loss and MACs are global
     assert r0["stats"]["final_train_loss"] == r1["stats"]["final_train_loss"]
     assert r0["stats"]["macs_processed"] == r1["stats"]["macs_processed"]
-    assert 2 * 176 <= r0["stats"]["macs_processed"] / 64 <= 3 * 176
+    assert 2 * MLP_MACS <= r0["stats"]["macs_processed"] / 64 <= 3 * MLP_MACS
     assert ck["scheduler"]["last_epoch"] == 4
