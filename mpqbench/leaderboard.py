@@ -62,18 +62,19 @@ COLUMNS: dict[str, str] = {
     "avg_w_bits": "Float64",
     "avg_a_bits": "Float64",
     "n_layers": "Int64",
-    "search_epochs": "Int64",
+    "search_epochs": "Float64",
     "search_wall_s": "Float64",
     "search_macs_processed": "Float64",
     "search_gpu_hours": "Float64",
     "search_device": "string",
     "search_repaired": "boolean",
     "search_hparams": "string",
-    "finetune_epochs": "Int64",
+    "finetune_epochs": "Float64",
     "finetune_wall_s": "Float64",
     "finetune_macs_processed": "Float64",
     "git_commit": "string",
     "git_dirty": "boolean",
+    "mpqbench": "string",
     "python": "string",
     "torch": "string",
     "device": "string",
@@ -108,6 +109,7 @@ _FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "finetune_macs_processed": ("finetune", "macs_processed"),
     "git_commit": ("git", "commit"),
     "git_dirty": ("git", "dirty"),
+    "mpqbench": ("env", "mpqbench"),
     "python": ("env", "python"),
     "torch": ("env", "torch"),
     "device": ("env", "device"),
@@ -596,8 +598,10 @@ def _shell_quote(v: Any) -> str:
 
 def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "policy.json") -> dict[str, str]:
     """Commands that recreate one run, from a row of the flat frame: ``search`` (the policy search
-    alone, with the recorded epochs and hyper-parameters) and ``snakemake`` (search, fine-tune and
-    evaluate, producing the record file). ``seed``/``out`` override the row's (used for loops)."""
+    alone: the recorded method, label, data, budget, seed and hyper-parameters; options that the suite
+    config sets but the record does not store, such as --proxy-subset or --width, are not restated)
+    and ``snakemake`` (the exact run: search, fine-tune and evaluate, producing the record file).
+    ``seed``/``out`` override the row's (used for loops over seeds)."""
     base = row.get("base_method")
     base = row["method"] if base is None or base is pd.NA or base != base else base
     parts = ["mpqbench", "search", "--method", base]
@@ -606,9 +610,6 @@ def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "
     for opt in ("arch", "proxy", "target", "budget"):
         parts += [f"--{opt}", row[opt]]
     parts += ["--seed", row["seed"] if seed is None else seed]
-    epochs = row.get("search_epochs")
-    if epochs is not None and epochs is not pd.NA and epochs == epochs:
-        parts += ["--epochs", int(epochs)]
     hparams = row.get("search_hparams")
     if isinstance(hparams, str) and hparams:
         for k, v in sorted(json.loads(hparams).items()):

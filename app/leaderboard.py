@@ -1,0 +1,449 @@
+"""mpqbench leaderboard: ``streamlit run app/leaderboard.py``.
+
+Which method is best at a BitOPs budget, what its search cost, and which per-layer policy it picked.
+All logic lives in :mod:`mpqbench.leaderboard`; this file only wires widgets to it.
+
+Results are read from ``results/`` next to this file's folder, or from ``$MPQBENCH_RESULTS``;
+published numbers from ``baselines/published.csv`` (or ``$MPQBENCH_PUBLISHED``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # a plain checkout works without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from mpqbench import leaderboard as lb  # noqa: E402
+from mpqbench.errors import UserError  # noqa: E402
+
+st.set_page_config(page_title="mpqbench leaderboard", page_icon="📊", layout="wide")
+
+RESULTS_DIR = lb.resolve_results_dir(ROOT / "results")
+PUBLISHED_CSV = Path(os.environ.get("MPQBENCH_PUBLISHED") or ROOT / "baselines" / "published.csv")
+COST_LABELS = {"macs": "MACs processed", "wall_s": "wall seconds"}
+TMAC = 1e12
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def load(path: str, fingerprint: tuple) -> lb.Results:
+    """Cached on the folder and a fingerprint of its files, so new results show up on reload."""
+    return lb.load_results(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def load_published(path: str, mtime: float) -> pd.DataFrame:
+    return lb.load_published(path)
+
+
+def entry_label(method: str, proxy: str) -> str:
+    return f"{method} @ {proxy}"
+
+
+def fmt_gain(gain: float) -> str:
+    return "n/a" if pd.isna(gain) else f"{gain:+.0%}"
+
+
+# ---------------------------------------------------------------------------------------------- filters
+def _sync(key: str, options: list, *, multi: bool, default) -> None:
+    """Initialise a widget's state from the URL on first sight; drop values the options no longer have."""
+    if key not in st.session_state:
+        if multi:
+            wanted = [v for v in st.query_params.get_all(key) if v in options]
+            st.session_state[key] = wanted or list(default)
+        else:
+            wanted = st.query_params.get(key)
+            st.session_state[key] = wanted if wanted in options else default
+    elif multi:
+        kept = [v for v in st.session_state[key] if v in options]
+        st.session_state[key] = kept if kept or not st.session_state[key] else list(default)
+    elif st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def select(label: str, key: str, options: list, *, counts: pd.Series, help: str | None = None) -> str | None:
+    """A sidebar selectbox whose default is the option with the most runs (``counts``)."""
+    if not options:
+        return None
+    default = max(options, key=lambda o: (counts.get(o, 0), -options.index(o)))
+    _sync(key, options, multi=False, default=default)
+    return st.sidebar.selectbox(label, options, key=key, help=help)
+
+
+def multiselect(label: str, key: str, options: list, *, help: str | None = None) -> list[str]:
+    _sync(key, options, multi=True, default=options)
+    return st.sidebar.multiselect(label, options, key=key, help=help)
+
+
+def sidebar_filters(frame: pd.DataFrame) -> dict:
+    st.sidebar.header("Filters")
+    f: dict = {}
+    sub = frame
+    f["suite"] = select("Suite", "suite", sorted(sub["suite"].unique()), counts=sub["suite"].value_counts(), help="one config file = one suite")
+    sub = sub[sub["suite"] == f["suite"]]
+    f["arch"] = select("Architecture", "arch", sorted(sub["arch"].unique()), counts=sub["arch"].value_counts())
+    sub = sub[sub["arch"] == f["arch"]]
+    f["target"] = select("Target dataset", "target", sorted(sub["target"].unique()),
+                         counts=sub["target"].value_counts(), help="where the policy is fine-tuned and evaluated")
+    sub = sub[sub["target"] == f["target"]]
+    budgets = sub.groupby("budget")["budget_bitops_g"].mean().sort_values(kind="mergesort").index.tolist()
+    f["budget"] = select("BitOPs budget", "budget", budgets, counts=sub["budget"].value_counts(),
+                         help="named by the uniform policy with the same BitOPs on the searchable layers")
+    f["proxy"] = multiselect("Proxy (search data)", "proxy", sorted(sub["proxy"].unique()))
+    f["method"] = multiselect("Method", "method", sorted(sub["method"].unique()))
+    if "failed" not in st.session_state:
+        st.session_state["failed"] = st.query_params.get("failed") == "1"
+    f["failed"] = st.sidebar.toggle("Show failed runs", key="failed")
+    _sync("cost", list(COST_LABELS), multi=False, default="macs")
+    f["cost"] = st.sidebar.radio("Search cost measure", list(COST_LABELS), key="cost",
+                                 format_func=COST_LABELS.get,
+                                 help="MACs processed is hardware independent; wall seconds depend on the device")
+    # Mirror the view into the URL so it can be shared.
+    params: dict = {k: f[k] for k in ("suite", "arch", "target", "budget") if f[k] is not None}
+    for k in ("proxy", "method"):
+        if sorted(f[k]) != sorted(sub[k].unique()):
+            params[k] = f[k]
+    if f["failed"]:
+        params["failed"] = "1"
+    if f["cost"] != "macs":
+        params["cost"] = f["cost"]
+    if params != {k: st.query_params.get_all(k) if k in ("proxy", "method") else st.query_params.get(k)
+                  for k in st.query_params}:
+        st.query_params.from_dict(params)
+    f["query"] = urlencode(params, doseq=True)
+    return f
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def headline(ranked: pd.DataFrame, gains: pd.DataFrame, budget: str, cost: str) -> None:
+    scored = ranked[ranked["n_seeds"] > 0]
+    if scored.empty:
+        st.info(f"No successful run at {budget} in this selection.")
+        return
+    best = scored.iloc[0]
+    ci = "" if pd.isna(best["top1_ci"]) else f" ± {best['top1_ci']:.2f}"
+    cols = st.columns(4)
+    cols[0].metric(f"Best at {budget}", entry_label(best["method"], best["proxy"]),
+                   help="highest mean top-1 over seeds on the target test split")
+    cols[1].metric("Its top-1 (%)", f"{best['top1_mean']:.2f}{ci}",
+                   help=f"mean ± 95 % CI over {best['n_seeds']} seed(s)")
+    cols[2].metric("FP start model top-1 (%)", "n/a" if pd.isna(best["fp_top1_pct"]) else f"{best['fp_top1_pct']:.2f}")
+    cols[3].metric("Its search cost (TMAC)", f"{best['search_macs_processed'] / TMAC:.3g}",
+                   help=f"MACs processed by the search; {best['search_wall_s']:.0f} s wall")
+    asga = gains[gains["method"] == "asga"]
+    if asga.empty:
+        st.caption("ASGA has no successful run in this selection, so no efficiency gains are shown.")
+        return
+    proxies = list(dict.fromkeys(ranked.loc[ranked["method"] == "asga", "proxy"]))
+    proxy = proxies[0]
+    if len(proxies) > 1:
+        proxy = st.radio("ASGA searched on", proxies, horizontal=True, key="asga_proxy")
+    asga = asga[asga["proxy"] == proxy]
+    gain_col = "gain_macs" if cost == "macs" else "gain_wall_s"
+    st.markdown(f"**ASGA (searched on {proxy}) against each baseline at {budget}** — efficiency gain = "
+                f"cost_baseline / cost_ASGA − 1 on search {COST_LABELS[cost]}; delta = top-1 difference (pp)")
+    items = list(asga.itertuples(index=False))
+    for start in range(0, len(items), 4):
+        cols = st.columns(4)
+        for col, g in zip(cols, items[start:start + 4]):
+            col.metric(f"vs {entry_label(g.baseline, g.baseline_proxy)}", fmt_gain(getattr(g, gain_col)),
+                       delta=f"{g.top1_diff_pp:+.2f} pp top-1", border=True,
+                       help=f"{g.baseline_role}; n/a = ASGA's search cost is zero or missing")
+
+
+def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
+    """The displayed table (labelled columns, units in the headers)."""
+    cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+    return pd.DataFrame({
+        "Rank": ranked["rank"],
+        "Method": ranked["method"],
+        "Proxy (search data)": ranked["proxy"],
+        "Role": ranked["role"],
+        "Top-1 (%)": ranked["top1_mean"],
+        "± 95% CI (pp)": ranked["top1_ci"],
+        "Std (pp)": ranked["top1_std"],
+        "Seeds (n)": ranked["n_seeds"],
+        "Status": ranked["status"],
+        "FP top-1 (%)": ranked["fp_top1_pct"],
+        "BitOPs all (G)": ranked["bitops_g_all"],
+        "BitOPs searchable (G)": ranked["bitops_g_searchable"],
+        "Pareto (BitOPs)": pareto.reindex(ranked.index).fillna(False).astype(bool),
+        "Size (MB)": ranked["size_mb"],
+        "Avg W (bits)": ranked["avg_w_bits"],
+        "Avg A (bits)": ranked["avg_a_bits"],
+        "Search cost (TMAC)": ranked["search_macs_processed"] / TMAC,
+        "Search wall (s)": ranked["search_wall_s"],
+        "Search GPU (h)": ranked["search_gpu_hours"],
+        "Budget repaired": ranked["repaired"],
+        "Reproduce (snakemake)": [cmds[(m, p)]["snakemake"] for m, p in zip(ranked["method"], ranked["proxy"])],
+        "Reproduce search (mpqbench)": [cmds[(m, p)]["search"] for m, p in zip(ranked["method"], ranked["proxy"])],
+    }).reset_index(drop=True)
+
+
+TABLE_CONFIG = {
+    "Rank": st.column_config.NumberColumn("Rank", format="%d", help="by mean top-1 within suite/arch/target/budget"),
+    "Top-1 (%)": st.column_config.NumberColumn(format="%.2f", help="mean over seeds, target test split"),
+    "± 95% CI (pp)": st.column_config.NumberColumn(format="%.2f", help="Student-t half-width; empty for one seed"),
+    "Std (pp)": st.column_config.NumberColumn(format="%.2f"),
+    "FP top-1 (%)": st.column_config.NumberColumn(format="%.2f", help="full-precision start model"),
+    "BitOPs all (G)": st.column_config.NumberColumn(format="%.4g", help="stem and classifier at 8x8 included"),
+    "BitOPs searchable (G)": st.column_config.NumberColumn(format="%.4g"),
+    "Size (MB)": st.column_config.NumberColumn(format="%.3f"),
+    "Avg W (bits)": st.column_config.NumberColumn(format="%.2f", help="MAC-weighted over searchable layers"),
+    "Avg A (bits)": st.column_config.NumberColumn(format="%.2f"),
+    "Search cost (TMAC)": st.column_config.NumberColumn(format="%.4g", help="MACs processed by the search / 1e12"),
+    "Search wall (s)": st.column_config.NumberColumn(format="%.1f"),
+    "Search GPU (h)": st.column_config.NumberColumn(format="%.3f"),
+    "Reproduce (snakemake)": st.column_config.TextColumn(width="medium", help="recreates the record files"),
+    "Reproduce search (mpqbench)": st.column_config.TextColumn(width="medium"),
+}
+
+
+def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> alt.Chart:
+    data = ranked_all[ranked_all["n_seeds"] > 0].assign(
+        entry=lambda d: [entry_label(m, p) for m, p in zip(d["method"], d["proxy"])],
+        pareto=pareto, selected=lambda d: d["budget"] == budget,
+        lo=lambda d: d["top1_mean"] - d["top1_ci"].fillna(0), hi=lambda d: d["top1_mean"] + d["top1_ci"].fillna(0),
+    )
+    x = alt.X("bitops_g_all:Q", title="BitOPs, all layers (G)", scale=alt.Scale(zero=False))
+    y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False))
+    tooltip = [alt.Tooltip("entry:N", title="method @ proxy"), "budget:N",
+               alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
+               alt.Tooltip("top1_ci:Q", title="± CI (pp)", format=".2f"), alt.Tooltip("n_seeds:Q", title="seeds"),
+               alt.Tooltip("bitops_g_all:Q", title="BitOPs (G)", format=".4g"),
+               alt.Tooltip("size_mb:Q", title="size (MB)", format=".3f"), alt.Tooltip("pareto:N", title="Pareto")]
+    base = alt.Chart(data)
+    bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=alt.Color("method:N", legend=None))
+    points = base.mark_point(filled=True, size=90).encode(
+        x=x, y=y, color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
+        opacity=alt.condition("datum.selected", alt.value(1.0), alt.value(0.35)), tooltip=tooltip)
+    front = base.transform_filter("datum.pareto").mark_line(interpolate="step-after", color="black",
+                                                            strokeDash=[4, 3]).encode(x=x, y=y)
+    rings = base.transform_filter("datum.pareto").mark_point(size=260, color="black", strokeWidth=1.5).encode(
+        x=x, y=y, tooltip=tooltip)
+    return (bars + front + rings + points).properties(
+        height=360, title=f"Accuracy vs BitOPs, all budgets (selected: {budget}); black rings = Pareto front"
+    ).interactive()
+
+
+def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart | None, list[str]]:
+    col = "search_macs_processed" if cost == "macs" else "search_wall_s"
+    data = ranked[ranked["n_seeds"] > 0].assign(
+        entry=lambda d: [entry_label(m, p) for m, p in zip(d["method"], d["proxy"])],
+        cost=lambda d: d[col] / (TMAC if cost == "macs" else 1.0))
+    zero = data.loc[~(data["cost"] > 0), "entry"].tolist()
+    data = data[data["cost"] > 0]
+    if data.empty:
+        return None, zero
+    title = "Search cost (TMAC, log)" if cost == "macs" else "Search wall time (s, log)"
+    chart = alt.Chart(data).mark_point(filled=True, size=90).encode(
+        x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log")),
+        y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False)),
+        color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
+        tooltip=[alt.Tooltip("entry:N", title="method @ proxy"),
+                 alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
+                 alt.Tooltip("cost:Q", title=title.replace(", log", ""), format=".4g"),
+                 alt.Tooltip("search_wall_s:Q", title="wall (s)", format=".1f")],
+    ).properties(height=360, title=f"Accuracy vs search cost at {budget}").interactive()
+    return chart, zero
+
+
+def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Method": gains["method"], "Proxy": gains["proxy"],
+        "Baseline": gains["baseline"], "Baseline proxy": gains["baseline_proxy"], "Baseline role": gains["baseline_role"],
+        "Efficiency gain, MACs (%)": gains["gain_macs"] * 100,
+        "Efficiency gain, wall (%)": gains["gain_wall_s"] * 100,
+        "Top-1 difference (pp)": gains["top1_diff_pp"],
+    })
+
+
+def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFrame, board_rows: list[int]) -> None:
+    st.subheader("Per-layer policy")
+    labels = [entry_label(m, p) for m, p in zip(ranked["method"], ranked["proxy"])]
+    if board_rows and board_rows[0] < len(labels) and st.session_state.get("_board_row") != board_rows[0]:
+        st.session_state["detail"] = labels[board_rows[0]]  # a row clicked in the table drives the detail
+    st.session_state["_board_row"] = board_rows[0] if board_rows else None
+    _sync("detail", labels, multi=False, default=labels[0])
+    c1, c2 = st.columns([3, 1])
+    label = c1.selectbox("Policy of (or select a row in the table above)", labels, key="detail")
+    method, proxy = ranked.iloc[labels.index(label)][["method", "proxy"]]
+    mine = runs_budget[(runs_budget["method"] == method) & (runs_budget["proxy"] == proxy)].sort_values("seed")
+    seeds = [int(s) for s in mine["seed"]]
+    _sync("detail_seed", seeds, multi=False, default=seeds[0])
+    seed = c2.selectbox("Seed", seeds, key="detail_seed")
+
+    run = mine[mine["seed"] == seed].iloc[0]
+    cmds = lb.reproduce_commands(run)
+    st.markdown(f"**{label}, seed {seed}** — status `{run['status']}`"
+                + (f" ({run['reason']})" if run["status"] != "ok" and pd.notna(run["reason"]) else "")
+                + f", record `{run['record_path']}`, run id `{run['run_id']}`")
+    st.code(f"{cmds['snakemake']}\n{cmds['search']}", language="bash", wrap_lines=True)
+    st.caption("Snakemake reproduces the run exactly (search, fine-tune, evaluate); the `mpqbench search` line "
+               "restates the recorded method, data, budget, seed and hyper-parameters (suite options such as "
+               "--proxy-subset or --width come from the suite config).")
+
+    if not res.records:
+        st.info("Per-layer policies are stored only in the run records (results/runs/**.json); this view was "
+                "loaded from leaderboard.csv.")
+        return
+    # Every method's policy at the same suite/arch/target/budget: the chosen seed, else the entry's lowest seed.
+    picked = []
+    for (m, p), part in runs_budget.groupby(["method", "proxy"], sort=False):
+        part = part.sort_values("seed")
+        row = part[part["seed"] == seed]
+        picked.append((row if len(row) else part).iloc[0]["run_id"])
+    recs = [res.records[r] for r in picked if r in res.records]
+    pol = lb.policy_frame(recs)
+    if pol.empty:
+        st.info("These records carry no per-layer policy.")
+        return
+    pol["entry"] = [entry_label(m, p) for m, p in zip(pol["method"], pol["proxy"])]
+    order = [label] + [lab for lab in labels if lab != label and lab in set(pol["entry"])]
+    layers = pol.sort_values("layer_index")["layer"].drop_duplicates().tolist()
+    charts = []
+    for kind, name in (("w", "Weight bits"), ("a", "Activation bits")):
+        base = alt.Chart(pol).encode(
+            x=alt.X("layer:N", sort=layers, title="Layer (module order)", axis=alt.Axis(labelAngle=-60)),
+            y=alt.Y("entry:N", sort=order, title=None))
+        heat = base.mark_rect().encode(
+            color=alt.Color(f"{kind}:O", title=name, scale=alt.Scale(scheme="viridis")),
+            tooltip=["entry:N", "layer:N", alt.Tooltip("seed:Q"), alt.Tooltip("w:Q", title="W bits"),
+                     alt.Tooltip("a:Q", title="A bits")])
+        text = base.mark_text(fontSize=10, color="white").encode(text=f"{kind}:Q")
+        charts.append((heat + text).properties(title=f"{name} — {label} first, then the other methods",
+                                               height=max(120, 26 * len(order))))
+    for chart in charts:
+        st.altair_chart(chart, width="stretch")
+    fixed = next(iter(recs)).get("fixed") or {}
+    if fixed:
+        st.caption("Fixed layers (not searched): " + ", ".join(f"{k} W{v['w']}A{v['a']}" for k, v in fixed.items()))
+    with st.expander("Policy table (W/A bits per layer)"):
+        table = lb.policy_table(pol)
+        st.dataframe(table[["layer"] + [c for c in order if c in table.columns]], hide_index=True,
+                     column_config={"layer": st.column_config.TextColumn("Layer")})
+
+
+def provenance_section(runs: pd.DataFrame, res: lb.Results) -> None:
+    st.subheader("Provenance")
+    cols = ["git_commit", "git_dirty", "mpqbench", "python", "torch", "device", "search_device"]
+    prov = (runs[cols].astype("string").fillna("unknown").value_counts().rename("Runs (n)").reset_index()
+            .rename(columns={"git_commit": "Commit", "git_dirty": "Dirty tree", "mpqbench": "mpqbench",
+                             "python": "Python", "torch": "PyTorch", "device": "Fine-tune/eval device",
+                             "search_device": "Search device"}))
+    st.dataframe(prov, hide_index=True)
+    if runs["git_dirty"].fillna(False).astype(bool).any():
+        st.warning("Some runs came from a checkout with uncommitted changes (dirty tree).")
+    st.caption(f"Source: `{res.source}` · {len(runs)} run(s) in this view · "
+               f"created {runs['created_utc'].min()} – {runs['created_utc'].max()}")
+
+
+def published_tab() -> None:
+    st.markdown("Numbers **as published** by the papers and their repositories (ImageNet unless stated). "
+                "They use other quantizers, training recipes, BitOPs conventions and start models, so they "
+                "are **not comparable** with the measured leaderboard and never enter its ranking.")
+    if not PUBLISHED_CSV.is_file():
+        st.info(f"No published numbers file at {PUBLISHED_CSV}.")
+        return
+    try:
+        pub = load_published(str(PUBLISHED_CSV), PUBLISHED_CSV.stat().st_mtime)
+    except UserError as exc:
+        st.error(str(exc))
+        return
+    archs = sorted(pub["arch"].unique())
+    chosen = st.multiselect("Architecture", archs, default=archs, key="pub_arch")
+    view = pub[pub["arch"].isin(chosen)]
+    st.dataframe(view, hide_index=True, column_config={
+        "method": "Method", "arch": "Arch", "dataset": "Dataset", "w_bits": "W (bits)", "a_bits": "A (bits)",
+        "bitops_g": st.column_config.NumberColumn("BitOPs (G)", format="%.4g"),
+        "top1": st.column_config.NumberColumn("Top-1 (%)", format="%.2f"),
+        "source_url": st.column_config.LinkColumn("Source"), "source_table": "Table", "note": "Note"})
+    st.download_button("Download published.csv", lb.csv_bytes(view), "published.csv", "text/csv")
+
+
+def board_tab(res: lb.Results) -> None:
+    if res.error:
+        (st.info if not res.problems and "does not exist" not in res.error else st.error)(res.error)
+    if res.problems:
+        with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped as malformed", expanded=bool(res.error)):
+            st.code("\n".join(res.problems), language=None, wrap_lines=True)
+    if res.error:
+        return
+    f = sidebar_filters(res.frame)
+    crit = dict(suite=f["suite"], arch=f["arch"], target=f["target"], proxy=f["proxy"], method=f["method"])
+    runs_all = lb.filter_frame(res.frame, include_failed=f["failed"], **crit)
+    runs = runs_all[runs_all["budget"] == f["budget"]]
+    st.caption(f"{f['suite']} · {f['arch']} → {f['target']} · budget {f['budget']} · "
+               f"{len(runs)} run(s) shown · share this view: `?{f['query']}`")
+    if runs.empty:
+        st.info("No runs match these filters at this budget. Widen the proxy or method selection, choose another "
+                "budget, or switch on 'Show failed runs'.")
+        return
+    ranked_all = lb.rank_methods(runs_all)
+    pareto = lb.pareto_front(ranked_all)
+    at_budget = ranked_all["budget"] == f["budget"]
+    ranked = ranked_all[at_budget].reset_index(drop=True)
+    pareto_b = pareto[at_budget].reset_index(drop=True)
+    gains = lb.efficiency_gains(ranked)
+
+    headline(ranked, gains, f["budget"], f["cost"])
+
+    st.subheader(f"Ranking at {f['budget']}")
+    table = ranked_table(ranked, runs, pareto_b)
+    event = st.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
+                         selection_mode="single-row", key="board")
+    board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+    st.caption("Entries = method × proxy, aggregated over seeds (status ok only). Efficiency gain of M over B = "
+               "cost_B / cost_M − 1 on search cost. Select a row to see its policy below.")
+
+    left, right = st.columns(2)
+    with left:
+        st.altair_chart(tradeoff_chart(ranked_all, pareto, f["budget"]), width="stretch")
+    with right:
+        chart, zero = cost_chart(ranked, f["cost"], f["budget"])
+        if chart is not None:
+            st.altair_chart(chart, width="stretch")
+        if zero:
+            st.caption("Zero search cost (not drawn on the log axis): " + ", ".join(zero))
+
+    if not gains.empty:
+        with st.expander("Efficiency gains of ASGA and GMPQ-ASGA over every other method (this budget)"):
+            st.dataframe(gains_table(gains), hide_index=True, column_config={
+                c: st.column_config.NumberColumn(format="%+.1f") for c in
+                ("Efficiency gain, MACs (%)", "Efficiency gain, wall (%)", "Top-1 difference (pp)")})
+
+    policy_section(res, runs, ranked, board_rows)
+    provenance_section(runs, res)
+
+    c1, c2 = st.columns(2)
+    c1.download_button("Download filtered runs (CSV)", lb.frame_to_csv(runs).encode(),
+                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_runs.csv", "text/csv")
+    c2.download_button("Download ranking (CSV)", lb.csv_bytes(table),
+                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_ranking.csv", "text/csv")
+    with st.expander("Cite this view"):
+        commits = ", ".join(sorted(set(runs["git_commit"].dropna().str[:12]))) or "unknown"
+        st.code(f"mpqbench leaderboard, suite {f['suite']}, {f['arch']} on {f['target']} at {f['budget']}; "
+                f"code commit(s) {commits}; view ?{f['query']}", language=None, wrap_lines=True)
+
+
+def main() -> None:
+    st.title("mpqbench leaderboard")
+    st.caption("Mixed-precision quantization policies searched on a proxy dataset, fine-tuned and evaluated on "
+               "the target at a matched BitOPs budget — accuracy, search cost and the per-layer policy.")
+    res = load(str(RESULTS_DIR), lb.results_fingerprint(RESULTS_DIR) if RESULTS_DIR.is_dir() else ())
+    measured, published = st.tabs(["Measured leaderboard", "Published numbers (papers, not comparable)"])
+    with measured:
+        board_tab(res)
+    with published:
+        published_tab()
+
+
+main()
