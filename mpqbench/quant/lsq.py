@@ -1,0 +1,240 @@
+"""LSQ: learned step size quantization (Esser et al., ICLR 2020).
+
+    v̂ = round(clamp(v / s, Q_N, Q_P)) · s,   Q_N, Q_P = -2^(b-1), 2^(b-1)-1 (signed) or 0, 2^b-1 (unsigned)
+
+Gradients, exactly as in the paper (strict inequalities):
+    ∂v̂/∂v = 1 if Q_N < v/s < Q_P else 0                                   (straight-through estimator)
+    ∂v̂/∂s = round(v/s) - v/s inside, Q_N below, Q_P above; then scaled by g = 1/√(N·Q_P)
+with N the number of elements of v per step element (v.numel() per tensor, v.numel()/C per channel).
+
+Two implementations with identical semantics:
+- the *reference*: a few differentiable torch ops (`_lsq_reference`); supports any order of derivative;
+- the *fast path* (default): one autograd.Function that quantizes in place in the forward and, in the
+  backward, gets ∂/∂v from one ``hardtanh_backward`` (strict-inside mask) and ∂/∂s from two reductions. It
+  saves no tensor the surrounding layers do not keep anyway, and for a mixture Σ_k p_k·Q_k(v) (supernet) it
+  recomputes each candidate in the backward instead of storing K quantized copies. Under
+  ``create_graph=True`` its backward differentiates the reference, so double backward works too.
+The fused ATen op ``torch._fake_quantize_learnable_per_tensor_affine`` is *not* used: it decides clipping on
+round(v/s) instead of v/s, so for Q_P < v/s < Q_P + ½ it passes ∂/∂v = 1 and ∂/∂s = round(v/s) - v/s
+instead of 0 and Q_P (verified by hand computation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+
+_FAST = True
+
+
+def use_fast_path(enabled: bool = True) -> bool:
+    """Select the fused autograd.Function (True, default) or the plain-ops reference; returns the old setting."""
+    global _FAST
+    old, _FAST = _FAST, bool(enabled)
+    return old
+
+
+def fast_path_enabled() -> bool:
+    return _FAST
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P) as integers, Q_N <= 0 < Q_P."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def init_step(v: Tensor, qp: int, dims: tuple[int, ...] | None = None) -> Tensor:
+    """LSQ data initialisation 2·mean|v|/√Q_P, reduced over `dims` (all when None); never exactly zero."""
+    mean_abs = v.detach().abs().mean() if dims is None else v.detach().abs().mean(dim=dims)
+    return (2 * mean_abs / math.sqrt(qp)).clamp_min(torch.finfo(torch.float32).eps).float()
+
+
+def _lsq_reference(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
+    """Reference LSQ from plain differentiable ops. `step` broadcasts against `v` ([] or e.g. [C, 1, 1, 1])."""
+    s = step * grad_scale + (step - step * grad_scale).detach()  # value step, gradient scaled by g
+    x = v / s
+    inside = (x > qn) & (x < qp)
+    q = x.detach().clamp(qn, qp).round()
+    return (q + (x - x.detach()) * inside) * s  # value q·s; ∂/∂x = inside (STE), ∂/∂s = q - inside·v/s
+
+
+def _mix_reference(v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_scales) -> Tensor:
+    """Σ_k probs[k] · LSQ_k(v) (just LSQ_0(v) when probs is None) from the reference ops."""
+    out = None
+    for k, ((qn, qp), g) in enumerate(zip(bounds, grad_scales)):
+        y = _lsq_reference(v, steps[k], qn, qp, g)
+        y = y if probs is None else probs[k] * y
+        out = y if out is None else out + y
+    return out
+
+
+def _sum_like(t: Tensor, s: Tensor) -> Tensor:
+    """Reduce t (shape of v) to the shape of the step s ([] or broadcastable like [C, 1, 1, 1])."""
+    return t.sum() if s.dim() == 0 else t.sum_to_size(s.shape)
+
+
+class _LsqMix(torch.autograd.Function):
+    """y = Σ_k p_k · round(clamp(v/s_k, Q_N,k, Q_P,k)) · s_k with LSQ gradients (p = None: K = 1, no mixing).
+
+    v: any shape; steps: [K, *S] with S broadcastable to v; probs: [K] or None; bounds: K × (Q_N, Q_P);
+    grad_scales: K floats.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_scales) -> Tensor:
+        out = None
+        for k, (qn, qp) in enumerate(bounds):
+            s = steps[k]
+            y = torch.div(v, s).clamp_(qn, qp).round_().mul_(s if probs is None else s * probs[k])
+            out = y if out is None else out.add_(y)
+        ctx.save_for_backward(v, steps, probs)
+        ctx.bounds, ctx.grad_scales = bounds, grad_scales
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        v, steps, probs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return _reference_backward(ctx, grad, v, steps, probs)
+        dv, dsteps, dprobs = None, [], []
+        for k, ((qn, qp), g) in enumerate(zip(ctx.bounds, ctx.grad_scales)):
+            s = steps[k]
+            x = torch.div(v, s)
+            gv = torch.ops.aten.hardtanh_backward(grad, x, qn, qp)  # grad where Q_N < v/s < Q_P, else 0
+            inner = _sum_like(gv * x, s)  # Σ_inside grad·v/s
+            q = x.clamp_(qn, qp).round_()
+            gq = _sum_like(grad * q, s)  # Σ grad·q
+            if probs is None:
+                dsteps.append((gq - inner) * g)
+                dv = gv
+            else:
+                p = probs[k]
+                dsteps.append((gq - inner) * (p * g))
+                dprobs.append((gq * s).sum())
+                dv = gv.mul_(p) if dv is None else dv.addcmul_(gv, p)
+        return dv, torch.stack(dsteps), None if probs is None else torch.stack(dprobs), None, None
+
+
+def _reference_backward(ctx, grad: Tensor, v: Tensor, steps: Tensor, probs: Tensor | None):
+    inputs = (v, steps, probs)
+    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        y = _mix_reference(v, steps, probs, ctx.bounds, ctx.grad_scales)
+        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True, allow_unused=True)
+    out: list[Tensor | None] = [None] * 5
+    for i, gi in zip(wanted, grads):
+        out[i] = gi
+    return tuple(out)
+
+
+def lsq_fake_quant(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
+    """LSQ fake quantization of `v` with step `step` ([] or broadcastable to v); fast path or reference."""
+    if _FAST:
+        return _LsqMix.apply(v, step.unsqueeze(0), None, ((qn, qp),), (grad_scale,))
+    return _lsq_reference(v, step, qn, qp, grad_scale)
+
+
+class LsqQuantizer(nn.Module):
+    """LSQ fake quantizer with a learnable step `step` ([] per tensor, [C] per channel along `channel_dim`).
+
+    `signed=None` decides signedness from the first batch (min < 0 → signed). The step is initialised
+    from the first batch seen (2·mean|v|/√Q_P); both decisions are buffers (`signed`, `initialized`), so they
+    survive state_dict round trips. Under torch.distributed the initial values are averaged over ranks.
+    Inputs in float16/bfloat16 are quantized in float32.
+    """
+
+    def __init__(self, bits: int, *, signed: bool | None = None, per_channel: bool = False, channel_dim: int = 0,
+                 channels: int | None = None) -> None:
+        super().__init__()
+        self.bits, self.per_channel, self.channel_dim = bits, per_channel, channel_dim
+        self.auto_signed = signed is None
+        self.step = nn.Parameter(torch.ones(channels if per_channel and channels else ()))
+        self.register_buffer("signed", torch.tensor(bool(signed)))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # python mirror of the buffers, refreshed lazily (no device sync per forward)
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return qrange(self.bits, self._signed)
+
+    def extra_repr(self) -> str:
+        sign = {True: "signed", False: "unsigned"}.get(self._signed, "auto") if self._ready else "uninitialized"
+        return f"bits={self.bits}, {sign}, per_channel={self.per_channel}"
+
+    def _reduce_dims(self, v: Tensor) -> tuple[int, ...] | None:
+        if not self.per_channel:
+            return None
+        d = self.channel_dim % v.dim()
+        return tuple(i for i in range(v.dim()) if i != d)
+
+    @torch.no_grad()
+    def initialize(self, v: Tensor) -> None:
+        """Decide signedness (if automatic) and set the step from the batch `v`."""
+        if self.auto_signed:
+            neg = (v.min() < 0).float()
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(neg, op=dist.ReduceOp.MAX)
+            self.signed.fill_(bool(neg))
+        qp = qrange(self.bits, bool(self.signed))[1]
+        if qp < 1:
+            raise ValueError(f"a signed {self.bits}-bit LSQ quantizer has no positive level; use bits >= 2")
+        step = init_step(v, qp, self._reduce_dims(v)).to(self.step.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(step)
+            step /= dist.get_world_size()
+        self.step.data = step  # same Parameter object, so optimisers built before the first batch stay valid
+        self.initialized.fill_(True)
+        self._sync()
+
+    def _sync(self) -> None:
+        self._signed, self._ready = bool(self.signed), bool(self.initialized)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        step = state_dict.get(prefix + "step")
+        if step is not None and step.shape != self.step.shape:  # per-channel step not materialised yet
+            self.step.data = torch.empty_like(step, device=self.step.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = False
+
+    def prepare(self, v: Tensor) -> tuple[Tensor, int, int, float]:
+        """Initialise on first use; return (step broadcastable to v, Q_N, Q_P, grad scale g)."""
+        if not self._ready:
+            self._sync()
+            if not self._ready:
+                self.initialize(v)
+        qn, qp = self.qrange
+        step = self.step
+        if self.per_channel:
+            shape = [1] * v.dim()
+            shape[self.channel_dim] = -1
+            step = step.view(shape)
+        return step, qn, qp, 1.0 / math.sqrt(v.numel() / self.step.numel() * qp)
+
+    def forward(self, v: Tensor) -> Tensor:
+        v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+        return lsq_fake_quant(v, *self.prepare(v))
+
+
+def lsq_mix(v: Tensor, quantizers: Sequence[LsqQuantizer], probs: Tensor) -> Tensor:
+    """Σ_k probs[k] · quantizers[k](v) in one fused pass (fast path) or from the reference ops. probs: [K]."""
+    v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+    prepared = [q.prepare(v) for q in quantizers]
+    steps = torch.stack([p[0] for p in prepared])
+    bounds = tuple((qn, qp) for _, qn, qp, _ in prepared)
+    grad_scales = tuple(g for *_, g in prepared)
+    if _FAST:
+        return _LsqMix.apply(v, steps, probs, bounds, grad_scales)
+    return _mix_reference(v, steps, probs, bounds, grad_scales)
+
+
+def quant_error_sq(weight: Tensor, bits: int) -> float:
+    """‖Q_b(W) − W‖² with a signed per-tensor LSQ quantizer at its data-initialised step (no training)."""
+    w = weight.detach().float()
+    qn, qp = qrange(bits, True)
+    s = init_step(w, qp)
+    return ((w / s).clamp(qn, qp).round() * s - w).pow(2).sum().item()

@@ -1,0 +1,88 @@
+"""Mixed-precision supernet layers (EdMIPS-style composite convolution with LSQ candidates).
+
+Forward of a searchable layer with weight candidates B_w (logits α_w) and activation candidates B_a (α_a):
+    x̃ = Σ_i softmax(α_a)_i · Q_a,i(x),   W̃ = Σ_j softmax(α_w)_j · Q_w,j(W),   y = conv(x̃, W̃)
+— one shared FP weight, one LSQ quantizer (own learnable step) per candidate, and ONE convolution with the
+mixed weight. Both mixtures run as one fused pass over the tensor (see `lsq_mix`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from mpqbench.quant.layers import conv_like
+from mpqbench.quant.lsq import LsqQuantizer, lsq_mix
+
+
+class _Mixed:
+    """Mixin: candidates, logits `alpha_w` [len(w_candidates)] / `alpha_a` [len(a_candidates)], quantizers."""
+
+    def _attach(self, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool) -> None:
+        assert w_candidates and a_candidates, "need at least one weight and one activation candidate"
+        self.w_candidates, self.a_candidates = list(w_candidates), list(a_candidates)
+        out = self.weight.shape[0]
+        dev = self.weight.device
+        self.alpha_w = nn.Parameter(torch.zeros(len(w_candidates), device=dev))
+        self.alpha_a = nn.Parameter(torch.zeros(len(a_candidates), device=dev))
+        self.act_quants = nn.ModuleList(LsqQuantizer(b) for b in a_candidates)
+        self.weight_quants = nn.ModuleList(
+            LsqQuantizer(b, signed=True, per_channel=w_per_channel, channels=out) for b in w_candidates)
+        self.to(dev)
+
+    def mixed_input(self, x: Tensor) -> Tensor:
+        return lsq_mix(x, self.act_quants, self.alpha_a.softmax(0))
+
+    def mixed_weight(self) -> Tensor:
+        return lsq_mix(self.weight, self.weight_quants, self.alpha_w.softmax(0))
+
+    def expected_bits(self) -> tuple[Tensor, Tensor]:
+        """(E[b_w], E[b_a]) = Σ softmax(α)·bits, 0-dim tensors differentiable w.r.t. the α's."""
+        bw = torch.tensor(self.w_candidates, dtype=self.alpha_w.dtype, device=self.alpha_w.device)
+        ba = torch.tensor(self.a_candidates, dtype=self.alpha_a.dtype, device=self.alpha_a.device)
+        return (self.alpha_w.softmax(0) * bw).sum(), (self.alpha_a.softmax(0) * ba).sum()
+
+    def argmax_bits(self) -> tuple[int, int]:
+        """(w_bits, a_bits) of the most probable candidates (first one on ties)."""
+        return self.w_candidates[int(self.alpha_w.argmax())], self.a_candidates[int(self.alpha_a.argmax())]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w_candidates={self.w_candidates}, a_candidates={self.a_candidates}"
+
+
+class MixedConv2d(_Mixed, nn.Conv2d):
+    """Supernet nn.Conv2d. Extra keywords: w_candidates, a_candidates, w_per_channel."""
+
+    def __init__(self, *args, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool = True,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._attach(w_candidates, a_candidates, w_per_channel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.mixed_input(x), self.mixed_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, w_candidates: list[int], a_candidates: list[int], *,
+                   w_per_channel: bool = True) -> MixedConv2d:
+        return conv_like(cls, module, w_candidates=w_candidates, a_candidates=a_candidates,
+                         w_per_channel=w_per_channel)
+
+
+class MixedLinear(_Mixed, nn.Linear):
+    """Supernet nn.Linear. Extra keywords: w_candidates, a_candidates, w_per_channel."""
+
+    def __init__(self, *args, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool = True,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._attach(w_candidates, a_candidates, w_per_channel)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.mixed_input(x), self.mixed_weight(), self.bias)
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, w_candidates: list[int], a_candidates: list[int], *,
+                   w_per_channel: bool = True) -> MixedLinear:
+        return conv_like(cls, module, w_candidates=w_candidates, a_candidates=a_candidates,
+                         w_per_channel=w_per_channel)
