@@ -68,7 +68,8 @@ def get_model(
         )
     model = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width)
     if weights is not None:
-        path = torchvision_weights_path(name, str(weights)) if str(weights).startswith("torchvision") else weights
+        spec = str(weights)
+        path = torchvision_weights_path(name, spec) if spec.split(":", 1)[0] == "torchvision" else weights
         report = load_weights(model, path)
         if report.skipped or report.missing:
             log.warning("%s: weights from %s: %s", name, path, report.summary())
