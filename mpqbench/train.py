@@ -248,7 +248,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
 
     start_epoch, history = 0, []
-    prior_wall_s, prior_macs, final_loss = 0.0, 0.0, math.nan
+    prior_wall_s, prior_macs, final_loss = 0.0, 0, math.nan
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         _check_resumable(state, cfg, num_samples, rt.world, ckpt_path)
