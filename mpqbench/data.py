@@ -104,7 +104,8 @@ class TensorImageDataset(Dataset):
         flip: bool,
         indices: np.ndarray | None = None,
     ) -> None:
-        assert images.ndim == 4 and labels.ndim == 1 and len(images) == len(labels), (images.shape, labels.shape)
+        assert images.ndim == 4 and labels.ndim == 1, (images.shape, labels.shape)
+        assert len(images) == len(labels), (images.shape, labels.shape)
         self.images = images
         self.labels = labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -337,7 +338,9 @@ def _resize(images: Tensor, size: int, *, chunk: int = 4096) -> Tensor:
     shrink = size < images.shape[-1]
     out = []
     for part in images.split(chunk):
-        r = F.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+        r = F.interpolate(
+            part.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+        )
         out.append(r.round_().clamp_(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else r)
     return torch.cat(out)
 
@@ -446,7 +449,9 @@ class FashionMnist(_InMemorySource):
     info = DatasetInfo("fashion-mnist", num_classes=10, in_channels=1, native_size=28)
     title = "Fashion-MNIST"
     mean, std = (0.2860,), (0.3530,)
-    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    classes = (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+    )
     crop_pad_native = 2
     flip = True
     FILES = {
@@ -465,11 +470,11 @@ class FashionMnist(_InMemorySource):
         return all(self._file(where, stem) for pair in self.FILES.values() for stem in pair)
 
     def how_to_get(self, root: Path) -> str:
-        return f"install it with `{FASHION_MNIST_APT}` or pass --data-root {root} --download"
+        fetch = _torchvision_command("FashionMNIST", root)
+        return f"install it with `{FASHION_MNIST_APT}` or download it with `{fetch}`"
 
     def download(self, root: Path) -> None:
-        _torchvision_download("FashionMNIST", root, self.title, train=True)
-        _torchvision_download("FashionMNIST", root, self.title, train=False)
+        _torchvision_download("FashionMNIST", root, self.title)  # fetches both splits
 
     def read(self, split: Split, where: Path) -> tuple[Tensor, Tensor]:
         image_stem, label_stem = self.FILES[split]
@@ -477,7 +482,9 @@ class FashionMnist(_InMemorySource):
         labels_path = self._file(where, label_stem)
         labels = read_idx(labels_path, ndim=1)
         if len(labels) != len(images):
-            raise UserError(f"{labels_path} has {len(labels)} labels for {len(images)} images; get the files again")
+            raise UserError(
+                f"{labels_path} has {len(labels)} labels for {len(images)} images; get the files again"
+            )
         if labels.size and labels.max() >= self.info.num_classes:
             raise UserError(f"{labels_path} has label {labels.max()} outside 0..9; get the files again")
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
@@ -534,7 +541,7 @@ class Cifar10(_InMemorySource):
         return f"get it with `{_torchvision_command('CIFAR10', root)}`"
 
     def download(self, root: Path) -> None:
-        _torchvision_download("CIFAR10", root, self.title, train=True)
+        _torchvision_download("CIFAR10", root, self.title)  # fetches both splits
 
     def read(self, split: Split, where: Path) -> tuple[Tensor, Tensor]:
         images, labels = [], []
@@ -546,9 +553,14 @@ class Cifar10(_InMemorySource):
             data = np.asarray(batch["data"])
             batch_labels = np.asarray(batch["labels"], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise UserError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072); get it again")
-            if len(batch_labels) != len(data) or (batch_labels.size and not 0 <= batch_labels.min() <= batch_labels.max() < 10):
-                raise UserError(f"{path}: {len(batch_labels)} labels (0..9 expected) for {len(data)} images; get it again")
+                raise UserError(
+                    f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072); get it again"
+                )
+            in_range = batch_labels.size == 0 or 0 <= batch_labels.min() <= batch_labels.max() < 10
+            if len(batch_labels) != len(data) or not in_range:
+                raise UserError(
+                    f"{path}: {len(batch_labels)} labels (0..9 expected) for {len(data)} images; get it again"
+                )
             images.append(data.reshape(-1, 3, 32, 32))
             labels.append(batch_labels)
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
@@ -558,14 +570,16 @@ def _torchvision_command(cls: str, root: Path) -> str:
     return f"python -c \"import torchvision; torchvision.datasets.{cls}('{root}', download=True)\""
 
 
-def _torchvision_download(cls: str, root: Path, title: str, **kwargs: Any) -> None:
+def _torchvision_download(cls: str, root: Path, title: str) -> None:
     import torchvision
 
     try:
-        getattr(torchvision.datasets, cls)(str(root), download=True, **kwargs)
+        getattr(torchvision.datasets, cls)(str(root), download=True)
     except Exception as e:  # network, checksum, disk: all end the same way for the user
-        raise UserError(f"downloading {title} into {root} failed ({type(e).__name__}: {e}); "
-                        "check the network or put the files there yourself") from None
+        raise UserError(
+            f"downloading {title} into {root} failed ({type(e).__name__}: {e}); "
+            "check the network or put the files there yourself"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -612,8 +626,11 @@ class ImageFolderSource(_FileSource):
         return "pass --data-root DIR where DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg hold the images"
 
     def info_for(self, root: Path) -> DatasetInfo:
+        """Counts the class folders of ``train/``; without data only a known class count can be given."""
         where = self.locate(root)
         if where is None:
+            if self.info.num_classes == 0:
+                self.require(root, download=False)  # raises the not-found error
             return self.info
         num_classes = sum(1 for p in (where / "train").iterdir() if p.is_dir())
         return DatasetInfo(self.info.name, num_classes, self.info.in_channels, self.info.native_size)
@@ -680,7 +697,9 @@ class Flowers102(_FileSource):
             ids = np.concatenate([np.asarray(sets[k]).reshape(-1) for k in self.SET_KEYS[split]])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"Flowers-102 metadata in {where} is malformed ({e}); delete it and get it again") from None
-        if ids.size and (ids.min() < 1 or ids.max() > len(labels)) or labels.size and (labels.min() < 1 or labels.max() > 102):
+        ids_ok = ids.size == 0 or (1 <= ids.min() and ids.max() <= len(labels))
+        labels_ok = labels.size == 0 or (1 <= labels.min() and labels.max() <= 102)
+        if not (ids_ok and labels_ok):
             raise UserError(f"Flowers-102 metadata in {where} has ids or labels out of range; get it again")
         files = [str(where / "jpg" / f"image_{i:05d}.jpg") for i in ids]
         classes = [str(c) for c in range(1, 103)]
@@ -784,7 +803,9 @@ def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Datase
     n = len(ds)
     val_count = round(val_fraction * n)
     if not 0 < val_fraction < 1 or not 1 <= val_count < n:
-        raise UserError(f"validation fraction {val_fraction} of {n} items leaves an empty split; use a value in (0, 1)")
+        raise UserError(
+            f"validation fraction {val_fraction} of {n} items leaves an empty split; use a value in (0, 1)"
+        )
     val = stratified_indices(_labels_of(ds), val_count, seed=seed)
     train = np.setdiff1d(np.arange(n), val)
     return _take(ds, train), _take(ds, val)
@@ -859,7 +880,15 @@ class EpochDataLoader(DataLoader):
     """
 
     def __init__(
-        self, ds: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool, num_workers: int, distributed: bool
+        self,
+        ds: Dataset,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        num_workers: int,
+        distributed: bool,
     ) -> None:
         self.seed = seed
         self.epoch = 0
@@ -907,10 +936,7 @@ def make_loader(
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
+    common = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, distributed=distributed)
     if isinstance(ds, TensorImageDataset):
-        return TensorBatchLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment, distributed=distributed
-        )
-    return EpochDataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, num_workers=num_workers, distributed=distributed
-    )
+        return TensorBatchLoader(ds, augment=augment, **common)
+    return EpochDataLoader(ds, num_workers=num_workers, **common)

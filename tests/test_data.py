@@ -205,6 +205,8 @@ def test_imagefolder_jpegs_train_and_val(tmp_path):
     assert isinstance(test, ImageFileDataset) and (len(train), len(test)) == (9, 6)
     assert test.classes == ["cat", "dog", "fox"] and test.targets.tolist() == [0, 0, 1, 1, 2, 2]
     assert dataset_info("imagefolder", tmp_path).num_classes == 3
+    with pytest.raises(UserError, match="ImageFolder data not found.*DIR/train/<class>"):
+        dataset_info("imagefolder", tmp_path / "train")  # no train/ and val/ below it: no class count to give
     for ds in (train, test):
         for i in range(len(ds)):
             x, y = ds[i]
@@ -320,6 +322,7 @@ def test_missing_data_messages_name_the_command(tmp_path, no_debian_fmnist):
         load_split("fashion-mnist", "train", root=tmp_path, input_size=28)
     msg = str(err.value)
     assert "apt-get install -y dataset-fashion-mnist" in msg and str(tmp_path) in msg and "\n" not in msg
+    assert f"torchvision.datasets.FashionMNIST('{tmp_path}', download=True)" in msg
     with pytest.raises(UserError, match=r"torchvision\.datasets\.CIFAR10\("):
         load_split("cifar10", "train", root=tmp_path, input_size=32)
     with pytest.raises(UserError, match=r"torchvision\.datasets\.Flowers102\("):
