@@ -87,7 +87,8 @@ def sidebar_filters(frame: pd.DataFrame) -> dict:
     st.sidebar.header("Filters")
     f: dict = {}
     sub = frame
-    f["suite"] = select("Suite", "suite", sorted(sub["suite"].unique()), counts=sub["suite"].value_counts(), help="one config file = one suite")
+    f["suite"] = select("Suite", "suite", sorted(sub["suite"].unique()), counts=sub["suite"].value_counts(),
+                        help="one config file = one suite")
     sub = sub[sub["suite"] == f["suite"]]
     f["arch"] = select("Architecture", "arch", sorted(sub["arch"].unique()), counts=sub["arch"].value_counts())
     sub = sub[sub["arch"] == f["arch"]]
@@ -259,7 +260,8 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
 def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "Method": gains["method"], "Proxy": gains["proxy"],
-        "Baseline": gains["baseline"], "Baseline proxy": gains["baseline_proxy"], "Baseline role": gains["baseline_role"],
+        "Baseline": gains["baseline"], "Baseline proxy": gains["baseline_proxy"],
+        "Baseline role": gains["baseline_role"],
         "Efficiency gain, MACs (%)": gains["gain_macs"] * 100,
         "Efficiency gain, wall (%)": gains["gain_wall_s"] * 100,
         "Top-1 difference (pp)": gains["top1_diff_pp"],
@@ -371,7 +373,7 @@ def published_tab() -> None:
 
 def board_tab(res: lb.Results) -> None:
     if res.error:
-        (st.info if not res.problems and "does not exist" not in res.error else st.error)(res.error)
+        (st.info if res.error_kind == "empty" else st.error)(res.error)
     if res.problems:
         with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped as malformed", expanded=bool(res.error)):
             st.code("\n".join(res.problems), language=None, wrap_lines=True)

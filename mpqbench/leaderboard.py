@@ -310,7 +310,8 @@ def read_leaderboard_csv(path: str | os.PathLike) -> pd.DataFrame:
 class Results:
     """What the app shows: the flat frame, the records by run_id (for policies), and what went wrong.
 
-    ``error`` is set when nothing usable was found (the app shows it instead of the board);
+    ``error`` is set when nothing usable was found (the app shows it instead of the board), with
+    ``error_kind`` "empty" (no results yet), "missing" (no such folder) or "malformed";
     ``problems`` lists files that were skipped while the rest loaded.
     """
 
@@ -319,6 +320,7 @@ class Results:
     problems: list[str] = field(default_factory=list)
     source: str = ""
     error: str | None = None
+    error_kind: str | None = None
 
 
 def results_fingerprint(results_dir: str | os.PathLike) -> tuple:
@@ -336,7 +338,8 @@ def load_results(results_dir: str | os.PathLike) -> Results:
     how = (f"run `snakemake --cores 8 all` to produce results, or set {RESULTS_ENV} "
            f"to a folder holding runs/**/*.json or leaderboard.csv")
     if not results_dir.is_dir():
-        return Results(empty, error=f"The results folder {results_dir} does not exist; {how}.")
+        return Results(empty, error=f"The results folder {results_dir} does not exist; {how}.",
+                       error_kind="missing")
     runs_dir = results_dir / "runs"
     records, problems = load_records(runs_dir) if runs_dir.is_dir() else ([], [])
     if records:
@@ -347,13 +350,13 @@ def load_results(results_dir: str | os.PathLike) -> Results:
         try:
             frame = read_leaderboard_csv(csv)
         except UserError as exc:
-            return Results(empty, problems=problems, error=str(exc))
+            return Results(empty, problems=problems, error=str(exc), error_kind="malformed")
         if len(frame):
             return Results(frame, problems=problems, source=str(csv))
     if problems:
-        return Results(empty, problems=problems,
+        return Results(empty, problems=problems, error_kind="malformed",
                        error=f"No valid run records under {runs_dir}: {len(problems)} file(s) are malformed.")
-    return Results(empty, error=f"No results in {results_dir} yet; {how}.")
+    return Results(empty, error=f"No results in {results_dir} yet; {how}.", error_kind="empty")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,15 +126,15 @@ def test_duplicate_runs_are_reported(tmp_path):
 
 def test_load_results_explains_missing_empty_and_malformed(tmp_path):
     missing = lb.load_results(tmp_path / "nope")
-    assert "does not exist" in missing.error and missing.frame.empty
+    assert "does not exist" in missing.error and missing.error_kind == "missing" and missing.frame.empty
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     empty = lb.load_results(tmp_path / "empty")
-    assert empty.error.startswith("No results") and lb.RESULTS_ENV in empty.error
+    assert empty.error.startswith("No results") and lb.RESULTS_ENV in empty.error and empty.error_kind == "empty"
     only_bad = tmp_path / "bad" / "runs"
     only_bad.mkdir(parents=True)
     (only_bad / "x.json").write_text("{")
     bad = lb.load_results(tmp_path / "bad")
-    assert "malformed" in bad.error and len(bad.problems) == 1
+    assert "malformed" in bad.error and bad.error_kind == "malformed" and len(bad.problems) == 1
 
 
 def test_load_results_falls_back_to_the_csv(frame, tmp_path):

@@ -1,0 +1,224 @@
+"""app/leaderboard.py through streamlit.testing.v1.AppTest (headless, no browser).
+
+Hand-computed values come from tests/fixtures/results_small (see test_leaderboard.py's docstring).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("altair")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from mpqbench import leaderboard as lb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "leaderboard.py")
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_app(monkeypatch, results: Path | None, *, query: dict | None = None,
+            published: Path | None = None) -> AppTest:
+    if results is None:
+        monkeypatch.delenv(lb.RESULTS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(lb.RESULTS_ENV, str(results))
+    if published is None:
+        monkeypatch.delenv("MPQBENCH_PUBLISHED", raising=False)
+    else:
+        monkeypatch.setenv("MPQBENCH_PUBLISHED", str(published))
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def board(at: AppTest) -> pd.DataFrame:
+    df = at.dataframe[0].value
+    assert "Rank" in df.columns
+    return df
+
+
+def entries(df: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(df["Method"], df["Proxy (search data)"]))
+
+
+def qp(at: AppTest, key: str) -> list[str]:
+    value = at.query_params[key]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
+    return {m.label: (m.value, m.delta) for m in at.metric}
+
+
+@pytest.fixture
+def small(monkeypatch) -> AppTest:
+    return run_app(monkeypatch, FIXTURES / "results_small")
+
+
+def test_default_view_ranks_by_hand(small):
+    # defaults = the options with the most runs: resnet20, w3a3
+    assert small.sidebar.selectbox(key="arch").value == "resnet20"
+    assert small.sidebar.selectbox(key="budget").value == "w3a3"
+    df = board(small)
+    assert entries(df) == [("edmips-target", "fashion-mnist"), ("asga", "fmnist-subset"), ("asga", "digits"),
+                           ("asga-sam", "digits"), ("gmpq-asga", "digits"), ("gmpq", "digits"), ("edmips", "digits"),
+                           ("hawq", "digits"), ("uniform", "digits"), ("random", "digits")]
+    assert df["Rank"].tolist() == list(range(1, 11))
+    assert df["Top-1 (%)"].tolist() == pytest.approx([89.5, 89.3, 89.0, 88.5, 87.5, 87.25, 86.5, 85.0, 84.0, 81.0])
+    assert df.loc[2, "Search cost (TMAC)"] == pytest.approx(2.0)
+    assert df.loc[2, "Reproduce (snakemake)"].count("results/runs/default/resnet20/w3a3/asga/digits-to-") == 3
+    assert df.loc[2, "Reproduce search (mpqbench)"].startswith("for s in 0 1 2; do mpqbench search --method asga")
+    # every numeric column header carries a unit
+    for col in df.columns:
+        if pd.api.types.is_float_dtype(df[col]) and col != "Rank":
+            assert "(" in col, col
+    assert len(small.get("vega_lite_chart")) >= 2  # accuracy-vs-BitOPs and accuracy-vs-cost (+ policy heatmaps)
+
+
+def test_headline_gains_by_hand(small):
+    m = metrics(small)
+    assert m["Best at w3a3"][0] == "edmips-target @ fashion-mnist"
+    assert m["Its top-1 (%)"][0] == "89.50 ± 0.00"
+    # ASGA searched on digits (its best-ranked proxy is fmnist-subset; pick digits explicitly)
+    small.radio(key="asga_proxy").set_value("digits").run()
+    m = metrics(small)
+    assert m["vs gmpq @ digits"] == ("+100%", "+1.75 pp top-1")
+    assert m["vs edmips-target @ fashion-mnist"] == ("+150%", "-0.50 pp top-1")
+    assert m["vs edmips @ digits"] == ("-50%", "+2.50 pp top-1")
+    assert "vs gmpq-asga @ digits" not in m  # the other proposed method is not a baseline
+
+
+def test_cost_measure_switches_to_wall_seconds(small):
+    small.radio(key="asga_proxy").set_value("digits").run()
+    small.sidebar.radio(key="cost").set_value("wall_s").run()
+    m = metrics(small)
+    assert m["vs random @ digits"][0] == "-100%"  # 0.1 s / 100 s - 1 = -99.9 %
+    assert qp(small, "cost") == ["wall_s"]
+
+
+def test_proxy_filter_changes_rows_and_url(small):
+    small.sidebar.multiselect(key="proxy").set_value(["digits"]).run()
+    df = board(small)
+    assert ("edmips-target", "fashion-mnist") not in entries(df)
+    assert ("asga", "fmnist-subset") not in entries(df)
+    assert len(df) == 8 and df["Rank"].tolist() == list(range(1, 9)) and df.loc[0, "Method"] == "asga"
+    assert qp(small, "proxy") == ["digits"]
+
+
+def test_method_and_budget_filters(small):
+    small.sidebar.multiselect(key="method").set_value(["gmpq", "hawq"]).run()
+    assert entries(board(small)) == [("gmpq", "digits"), ("hawq", "digits")]
+    small.sidebar.selectbox(key="budget").set_value("w2a2").run()
+    assert not [d for d in small.dataframe if "Rank" in d.value.columns]  # w2a2 has neither method
+    assert any("No runs match" in i.value for i in small.info)
+    small.sidebar.multiselect(key="method").set_value(["asga", "edmips", "uniform"]).run()
+    df = board(small)
+    assert df["Method"].tolist() == ["asga", "edmips", "uniform"] and df["Top-1 (%)"].tolist() == [80.0, 78.0, 75.0]
+
+
+def test_failed_runs_toggle_shows_status(small):
+    row = board(small).set_index("Method").loc["edmips"]
+    assert row["Status"] == "ok"
+    small.sidebar.toggle(key="failed").set_value(True).run()
+    row = board(small).set_index("Method").loc["edmips"]
+    assert row["Status"] == "2 ok, 1 failed" and row["Seeds (n)"] == 2
+    assert qp(small, "failed") == ["1"]
+
+
+def test_view_is_restored_from_the_url(monkeypatch):
+    at = run_app(monkeypatch, FIXTURES / "results_small",
+                 query={"arch": "mobilenet_v2", "budget": "w4a4", "method": ["gmpq"]})
+    assert entries(board(at)) == [("gmpq", "digits")]
+    bogus = run_app(monkeypatch, FIXTURES / "results_small", query={"arch": "nope", "proxy": ["nope"]})
+    assert len(board(bogus)) == 10  # unknown values fall back to the defaults
+
+
+def test_policy_detail_shows_every_method_at_the_budget(small):
+    small.selectbox(key="detail").set_value("gmpq @ digits").run()
+    assert not small.exception
+    tables = [d.value for d in small.dataframe if "layer" in d.value.columns]
+    assert len(tables) == 1
+    pol = tables[0]
+    assert list(pol.columns[:2]) == ["layer", "gmpq @ digits"] and len(pol.columns) == 11
+    assert pol["layer"].tolist()[:3] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"] and len(pol) == 18
+    assert set(pol["uniform @ digits"]) == {"3/3"}
+    assert any("gmpq" in c.value and "snakemake --cores 8" in c.value for c in small.code)
+    # seed choice: the failed edmips seed 2 still has a policy and shows its reason
+    small.selectbox(key="detail").set_value("edmips @ digits").run()
+    small.sidebar.toggle(key="failed").set_value(True).run()
+    small.selectbox(key="detail_seed").set_value(2).run()
+    assert any("diverged" in md.value for md in small.markdown)
+
+
+def test_empty_results_dir_says_so(monkeypatch, tmp_path):
+    (tmp_path / "runs").mkdir()
+    at = run_app(monkeypatch, tmp_path)
+    assert any(i.value.startswith("No results") for i in at.info)
+    assert [d.value for d in at.dataframe if "Rank" in d.value.columns] == []
+    assert any("source_url" in d.value.columns for d in at.dataframe)  # the published tab still renders
+
+
+def test_missing_results_dir_is_a_clear_error(monkeypatch, tmp_path):
+    at = run_app(monkeypatch, tmp_path / "absent")
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_malformed_records_are_listed_and_the_rest_is_shown(monkeypatch):
+    at = run_app(monkeypatch, FIXTURES / "results_malformed")
+    assert entries(board(at)) == [("asga", "digits")]
+    assert any("2 results file(s) skipped" in e.label for e in at.expander)
+    assert any("not readable JSON" in c.value for c in at.code)
+
+
+def test_only_malformed_records_is_a_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "bad.json").write_text("{not json")
+    at = run_app(monkeypatch, tmp_path)
+    assert any("malformed" in e.value for e in at.error)
+
+
+def test_csv_only_results(monkeypatch, tmp_path):
+    frame = lb.load_results(FIXTURES / "results_small").frame
+    lb.write_leaderboard_csv(frame, tmp_path / "leaderboard.csv")
+    at = run_app(monkeypatch, tmp_path)
+    assert len(board(at)) == 10
+    assert any("loaded from leaderboard.csv" in i.value for i in at.info)
+
+
+def test_malformed_csv_is_a_clear_error(monkeypatch, tmp_path):
+    (tmp_path / "leaderboard.csv").write_text("just,some\ncolumns,here\n")
+    at = run_app(monkeypatch, tmp_path)
+    assert any("lacks column" in e.value for e in at.error)
+
+
+def test_committed_results_run(monkeypatch):
+    at = run_app(monkeypatch, None)  # results/ next to the app, whatever it holds now
+    assert at.title[0].value == "mpqbench leaderboard"
+    assert at.error or at.info or at.dataframe
+
+
+def test_published_tab_is_separate_and_bad_file_is_reported(monkeypatch, tmp_path):
+    at = run_app(monkeypatch, FIXTURES / "results_small")
+    pub = [d.value for d in at.dataframe if "source_url" in d.value.columns]
+    assert len(pub) == 1 and len(pub[0]) == len(lb.load_published(ROOT / "baselines" / "published.csv"))
+    assert "edmips-target" not in set(pub[0]["method"])
+    bad = tmp_path / "published.csv"
+    bad.write_text("method\nx\n")
+    at = run_app(monkeypatch, FIXTURES / "results_small", published=bad)
+    assert any("lacks column" in e.value for e in at.error)
+
+
+def test_results_are_found_from_any_working_directory(monkeypatch, tmp_path):
+    shutil.copytree(FIXTURES / "results_small", tmp_path / "r")
+    monkeypatch.chdir(tmp_path)
+    at = run_app(monkeypatch, Path("r").resolve())
+    assert len(board(at)) == 10
