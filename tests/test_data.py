@@ -495,3 +495,22 @@ def test_file_loader_same_seed_same_batches(tmp_path):
     assert sum(len(o) for o in orders[0]) == 12
     xs = [x for x, _ in make_loader(ds, batch_size=3, shuffle=False, seed=0)]
     assert len(xs) == 1 and xs[0].shape == (3, 3, 16, 16)
+
+
+def test_file_loader_workers_seed_random_transforms(tmp_path):
+    make_image_folder(tmp_path, classes=("a", "b"), n_train=3, n_val=1, size=(60, 40))
+    from PIL import Image
+
+    # Non-uniform images, so different random crops give different tensors.
+    for path in (tmp_path / "train").rglob("*.jpg"):
+        Image.fromarray(np.random.default_rng(len(path.name)).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    train = load_split("imagefolder", "train", root=tmp_path, input_size=16)
+
+    def epoch(loader):
+        return torch.cat([x for x, _ in loader])
+
+    loader = make_loader(train, batch_size=3, shuffle=True, seed=0, num_workers=2)
+    a, a_next = epoch(loader), epoch(loader)
+    loader.set_epoch(0)  # resuming replays epoch 0's crops, drawn in the worker processes
+    assert a.shape == (6, 3, 16, 16) and torch.equal(a, epoch(loader)) and not torch.equal(a, a_next)
+    assert not torch.equal(a, epoch(make_loader(train, batch_size=3, shuffle=True, seed=1, num_workers=2)))
