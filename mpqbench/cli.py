@@ -73,7 +73,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "mpqbench": mpqbench.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "device": device_name(device), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "threads": torch.get_num_threads(), "archs": list_models(), "methods": list_methods(),
-        "datasets": dataset_status(),
+        "datasets": dataset_status(args.data_root),
     }
     if args.json:
         print(json.dumps(info, indent=2))
