@@ -31,6 +31,8 @@ RESULTS_DIR = lb.resolve_results_dir(ROOT / "results")
 PUBLISHED_CSV = Path(os.environ.get("MPQBENCH_PUBLISHED") or ROOT / "baselines" / "published.csv")
 COST_LABELS = {"macs": "MACs processed", "wall_s": "wall seconds"}
 TMAC = 1e12
+NONE = "—"
+MEASURED, PUBLISHED = "Measured leaderboard", "Published numbers (not comparable)"
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -116,11 +118,25 @@ def sidebar_filters(frame: pd.DataFrame) -> dict:
         params["failed"] = "1"
     if f["cost"] != "macs":
         params["cost"] = f["cost"]
-    if params != {k: st.query_params.get_all(k) if k in ("proxy", "method") else st.query_params.get(k)
-                  for k in st.query_params}:
-        st.query_params.from_dict(params)
+    set_query(params, FILTER_KEYS)
     f["query"] = urlencode(params, doseq=True)
     return f
+
+
+FILTER_KEYS = ("suite", "arch", "target", "budget", "proxy", "method", "failed", "cost")
+
+
+def set_query(params: dict, keys: tuple[str, ...]) -> None:
+    """Write ``params`` into the URL for ``keys`` only (other keys, e.g. the tab, stay as they are)."""
+    for k in keys:
+        current = st.query_params.get_all(k)
+        wanted = params.get(k)
+        wanted = [] if wanted is None else [wanted] if isinstance(wanted, str) else list(wanted)
+        if current != wanted:
+            if wanted:
+                st.query_params[k] = wanted if len(wanted) > 1 else wanted[0]
+            else:
+                del st.query_params[k]
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -270,13 +286,21 @@ def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
 
 def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFrame, board_rows: list[int]) -> None:
     st.subheader("Per-layer policy")
+    if not res.records:
+        st.info("Per-layer policies are stored only in the run records (results/runs/**.json); this view was "
+                "loaded from leaderboard.csv, so only the reproduce commands are shown.")
     labels = [entry_label(m, p) for m, p in zip(ranked["method"], ranked["proxy"])]
     if board_rows and board_rows[0] < len(labels) and st.session_state.get("_board_row") != board_rows[0]:
         st.session_state["detail"] = labels[board_rows[0]]  # a row clicked in the table drives the detail
     st.session_state["_board_row"] = board_rows[0] if board_rows else None
-    _sync("detail", labels, multi=False, default=labels[0])
+    _sync("detail", [NONE] + labels, multi=False, default=NONE)
     c1, c2 = st.columns([3, 1])
-    label = c1.selectbox("Policy of (or select a row in the table above)", labels, key="detail")
+    label = c1.selectbox("Policy of (or select a row in the table above)", [NONE] + labels, key="detail")
+    set_query({"detail": label} if label != NONE else {}, ("detail",))
+    if label == NONE:
+        st.caption("Select a row in the ranking (or pick an entry here) to see its per-layer weight and activation "
+                   "bits next to the other methods' policies at the same arch and budget, and its reproduce commands.")
+        return
     method, proxy = ranked.iloc[labels.index(label)][["method", "proxy"]]
     mine = runs_budget[(runs_budget["method"] == method) & (runs_budget["proxy"] == proxy)].sort_values("seed")
     seeds = [int(s) for s in mine["seed"]]
@@ -294,8 +318,6 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
                "--proxy-subset or --width come from the suite config).")
 
     if not res.records:
-        st.info("Per-layer policies are stored only in the run records (results/runs/**.json); this view was "
-                "loaded from leaderboard.csv.")
         return
     # Every method's policy at the same suite/arch/target/budget: the chosen seed, else the entry's lowest seed.
     picked = []
@@ -371,15 +393,14 @@ def published_tab() -> None:
     st.download_button("Download published.csv", lb.csv_bytes(view), "published.csv", "text/csv")
 
 
-def board_tab(res: lb.Results) -> None:
+def board_tab(res: lb.Results, f: dict | None) -> None:
     if res.error:
         (st.info if res.error_kind == "empty" else st.error)(res.error)
     if res.problems:
         with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped as malformed", expanded=bool(res.error)):
             st.code("\n".join(res.problems), language=None, wrap_lines=True)
-    if res.error:
+    if res.error or f is None:
         return
-    f = sidebar_filters(res.frame)
     crit = dict(suite=f["suite"], arch=f["arch"], target=f["target"], proxy=f["proxy"], method=f["method"])
     runs_all = lb.filter_frame(res.frame, include_failed=f["failed"], **crit)
     runs = runs_all[runs_all["budget"] == f["budget"]]
@@ -441,11 +462,15 @@ def main() -> None:
     st.caption("Mixed-precision quantization policies searched on a proxy dataset, fine-tuned and evaluated on "
                "the target at a matched BitOPs budget — accuracy, search cost and the per-layer policy.")
     res = load(str(RESULTS_DIR), lb.results_fingerprint(RESULTS_DIR) if RESULTS_DIR.is_dir() else ())
-    measured, published = st.tabs(["Measured leaderboard", "Published numbers (papers, not comparable)"])
-    with measured:
-        board_tab(res)
-    with published:
-        published_tab()
+    f = None if res.error else sidebar_filters(res.frame)
+    # Lazy tabs: only the open one runs (its name is kept in the URL as ?tab=...).
+    measured, published = st.tabs([MEASURED, PUBLISHED], key="tab", on_change="rerun", bind="query-params")
+    if measured.open:
+        with measured:
+            board_tab(res, f)
+    if published.open:
+        with published:
+            published_tab()
 
 
 main()

@@ -385,11 +385,12 @@ def role(method: str) -> str:
     return "proposed" if method in PROPOSED else "ablation" if method in ABLATIONS else "baseline"
 
 
-def t_quantile(confidence: float, dof: int) -> float:
+def t_quantile(confidence: float, dof: int | np.ndarray) -> float | np.ndarray:
     """Two-sided Student-t critical value (e.g. 4.303 for 95 % and 2 degrees of freedom)."""
     from scipy.special import stdtrit
 
-    return float(stdtrit(dof, 0.5 + confidence / 2))
+    q = stdtrit(dof, 0.5 + confidence / 2)
+    return float(q) if np.ndim(q) == 0 else q
 
 
 _MEAN_COLS = {
@@ -420,33 +421,33 @@ def rank_methods(df: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
                     "top1_ci", *_MEAN_COLS, "repaired", "run_ids"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    rows = []
-    for key, runs in df.groupby(ENTRY, sort=True, dropna=False):
-        ok = runs[runs["status"] == "ok"]
-        top1 = ok["top1_pct"].astype(float).to_numpy()
-        n = len(top1)
-        std = float(np.std(top1, ddof=1)) if n > 1 else math.nan
-        row = dict(zip(ENTRY, key))
-        row.update(
-            role=role(row["method"]),
-            n_seeds=n,
-            n_failed=int(len(runs) - n),
-            status="ok" if n == len(runs) else f"{n} ok, {len(runs) - n} failed",
-            seeds=",".join(str(s) for s in sorted(ok["seed"].astype(int))),
-            top1_mean=float(top1.mean()) if n else math.nan,
-            top1_std=std,
-            top1_ci=t_quantile(confidence, n - 1) * std / math.sqrt(n) if n > 1 else math.nan,
-            repaired=bool(ok["search_repaired"].fillna(False).astype(bool).any()),
-            run_ids=",".join(runs["run_id"].astype(str)),
-        )
-        for col, src in _MEAN_COLS.items():
-            values = ok[src].astype(float).dropna()
-            row[col] = float(values.mean()) if len(values) else math.nan
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    out["rank"] = (
-        out.groupby(GROUP, sort=False)["top1_mean"].rank(method="min", ascending=False).astype("Int64")
-    )
+    df = df.sort_values(RUN_KEY + ["run_id"], kind="mergesort")  # float sums depend on order: fix it
+    keys = df[ENTRY].astype(object)
+    num = df[["top1_pct", *_MEAN_COLS.values()]].astype("float64")
+    ok = (df["status"] == "ok").to_numpy()
+    ok_num = num.copy()
+    ok_num.loc[~ok, :] = np.nan  # failed runs drop out of every statistic
+    grouped = pd.concat([keys, ok_num], axis=1).groupby(ENTRY, sort=True, dropna=False)
+    out = grouped.agg(n_seeds=("top1_pct", "count"), top1_mean=("top1_pct", "mean"),
+                      top1_std=("top1_pct", "std"), **{c: (src, "mean") for c, src in _MEAN_COLS.items()})
+    extra = pd.concat([keys, pd.DataFrame({
+        "ok": ok, "seed_ok": df["seed"].astype("float64").where(ok),
+        "repaired_ok": df["search_repaired"].fillna(False).astype(bool).to_numpy() & ok,
+        "run_id": df["run_id"].astype(str)}, index=df.index)], axis=1).groupby(ENTRY, sort=True, dropna=False)
+    out["n_runs"] = extra.size()
+    out["repaired"] = extra["repaired_ok"].any()
+    out["seeds"] = extra["seed_ok"].agg(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))
+    out["run_ids"] = extra["run_id"].agg(",".join)
+    out = out.reset_index()
+    out["n_failed"] = out["n_runs"] - out["n_seeds"]
+    out["status"] = ["ok" if f == 0 else f"{n} ok, {f} failed" for n, f in zip(out["n_seeds"], out["n_failed"])]
+    out["role"] = out["method"].map(role)
+    n = out["n_seeds"].to_numpy()
+    dof = np.where(n > 1, n - 1, 1)
+    out["top1_ci"] = np.where(n > 1, t_quantile(confidence, dof) * out["top1_std"] / np.sqrt(np.maximum(n, 1)),
+                              np.nan)
+    out.loc[n < 2, "top1_std"] = np.nan
+    out["rank"] = out.groupby(GROUP, sort=False)["top1_mean"].rank(method="min", ascending=False).astype("Int64")
     out = out.sort_values(GROUP + ["rank", "method", "proxy"], na_position="last", kind="mergesort")
     return out[cols].reset_index(drop=True)
 

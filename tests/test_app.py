@@ -20,6 +20,7 @@ from mpqbench import leaderboard as lb  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "leaderboard.py")
 FIXTURES = Path(__file__).parent / "fixtures"
+PUBLISHED = "Published numbers (not comparable)"
 
 
 def run_app(monkeypatch, results: Path | None, *, query: dict | None = None,
@@ -143,8 +144,11 @@ def test_view_is_restored_from_the_url(monkeypatch):
 
 
 def test_policy_detail_shows_every_method_at_the_budget(small):
+    assert small.selectbox(key="detail").value == "—"  # nothing selected: no heatmaps on first load
+    assert not [d for d in small.dataframe if "layer" in d.value.columns]
     small.selectbox(key="detail").set_value("gmpq @ digits").run()
     assert not small.exception
+    assert qp(small, "detail") == ["gmpq @ digits"]
     tables = [d.value for d in small.dataframe if "layer" in d.value.columns]
     assert len(tables) == 1
     pol = tables[0]
@@ -164,7 +168,8 @@ def test_empty_results_dir_says_so(monkeypatch, tmp_path):
     at = run_app(monkeypatch, tmp_path)
     assert any(i.value.startswith("No results") for i in at.info)
     assert [d.value for d in at.dataframe if "Rank" in d.value.columns] == []
-    assert any("source_url" in d.value.columns for d in at.dataframe)  # the published tab still renders
+    at = run_app(monkeypatch, tmp_path, query={"tab": PUBLISHED})
+    assert any("source_url" in d.value.columns for d in at.dataframe)  # the published tab still works
 
 
 def test_missing_results_dir_is_a_clear_error(monkeypatch, tmp_path):
@@ -208,12 +213,17 @@ def test_committed_results_run(monkeypatch):
 
 def test_published_tab_is_separate_and_bad_file_is_reported(monkeypatch, tmp_path):
     at = run_app(monkeypatch, FIXTURES / "results_small")
+    assert [t.label for t in at.tabs] == ["Measured leaderboard", PUBLISHED]
+    assert not [d for d in at.dataframe if "source_url" in d.value.columns]  # lazy: not in the measured tab
+    at = run_app(monkeypatch, FIXTURES / "results_small", query={"tab": PUBLISHED})
     pub = [d.value for d in at.dataframe if "source_url" in d.value.columns]
     assert len(pub) == 1 and len(pub[0]) == len(lb.load_published(ROOT / "baselines" / "published.csv"))
-    assert "edmips-target" not in set(pub[0]["method"])
+    assert not [d for d in at.dataframe if "Rank" in d.value.columns]  # never mixed into the ranking
+    at.multiselect(key="pub_arch").set_value(["resnet50"]).run()
+    assert set(at.dataframe[0].value["arch"]) == {"resnet50"}
     bad = tmp_path / "published.csv"
     bad.write_text("method\nx\n")
-    at = run_app(monkeypatch, FIXTURES / "results_small", published=bad)
+    at = run_app(monkeypatch, FIXTURES / "results_small", published=bad, query={"tab": PUBLISHED})
     assert any("lacks column" in e.value for e in at.error)
 
 
