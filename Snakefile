@@ -1,0 +1,35 @@
+# mpqbench benchmark workflow: pretrain -> search -> QAT fine-tune -> evaluate -> aggregate.
+# Default suite: `snakemake --cores 2 all`; others: `--configfile config/smoke.yaml` / `config/paper.yaml`.
+# Rules call the `mpqbench` CLI; site specifics (cluster, GPUs) live in profiles/, never here.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The default suite, unless --configfile names another one (Snakemake would otherwise merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+localrules:
+    all,
+    check_data,
+    aggregate,
+
+
+rule all:
+    default_target: True
+    input:
+        RECORDS,
+        **AGGREGATES,

@@ -1,0 +1,30 @@
+# Stage 5: leaderboard.csv, summary.json and figures, derived from every record under <results>/runs
+# (all suites; the table has a suite column). Re-running it on the same records is byte-identical.
+
+
+rule aggregate:
+    input:
+        RECORDS,
+    output:
+        leaderboard=AGGREGATES["leaderboard"],
+        summary=AGGREGATES["summary"],
+        figures=report(
+            directory(AGGREGATES["figures"]),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Leaderboard",
+        ),
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCH}/aggregate.tsv"
+    params:
+        runs=lambda wildcards: RUNS_DIR,
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary) or ".",
+    threads: res("aggregate").threads
+    resources:
+        mem_mb=res("aggregate").mem_mb,
+        runtime=res("aggregate").runtime,
+        gpu=res("aggregate").gpu,
+    shell:
+        "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} > {log} 2>&1"
