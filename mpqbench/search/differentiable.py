@@ -188,7 +188,7 @@ class DifferentiableSearch(Method):
                 step += 1
                 pbar.update(1)
                 if step % max(1, steps_per_epoch // 4) == 0 or step == total_steps:
-                    rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx))}
+                    rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx).detach())}
                     if use_asga:
                         rec.update(rho=opt_w.rho, gap=opt_w.last_gap)
                     history.append(rec)
