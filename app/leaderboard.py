@@ -230,15 +230,15 @@ def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> 
         pareto=pareto, selected=lambda d: d["budget"] == budget,
         lo=lambda d: d["top1_mean"] - d["top1_ci"].fillna(0), hi=lambda d: d["top1_mean"] + d["top1_ci"].fillna(0),
     )
-    x = alt.X("bitops_g_all:Q", title="BitOPs, all layers (G)", scale=alt.Scale(zero=False))
-    y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False))
+    x = alt.X("bitops_g_all:Q", title="BitOPs, all layers (G)", scale=alt.Scale(zero=False, padding=14))
+    y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14))
     tooltip = [alt.Tooltip("entry:N", title="method @ proxy"), "budget:N",
                alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
                alt.Tooltip("top1_ci:Q", title="± CI (pp)", format=".2f"), alt.Tooltip("n_seeds:Q", title="seeds"),
                alt.Tooltip("bitops_g_all:Q", title="BitOPs (G)", format=".4g"),
                alt.Tooltip("size_mb:Q", title="size (MB)", format=".3f"), alt.Tooltip("pareto:N", title="Pareto")]
     base = alt.Chart(data)
-    bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=alt.Color("method:N", legend=None))
+    bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=alt.Color("method:N", title="Method"))
     points = base.mark_point(filled=True, size=90).encode(
         x=x, y=y, color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
         opacity=alt.condition("datum.selected", alt.value(1.0), alt.value(0.35)), tooltip=tooltip)
@@ -262,8 +262,8 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
         return None, zero
     title = "Search cost (TMAC, log)" if cost == "macs" else "Search wall time (s, log)"
     chart = alt.Chart(data).mark_point(filled=True, size=90).encode(
-        x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log")),
-        y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False)),
+        x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)),
+        y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14)),
         color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
         tooltip=[alt.Tooltip("entry:N", title="method @ proxy"),
                  alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
@@ -337,14 +337,14 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
     for kind, name in (("w", "Weight bits"), ("a", "Activation bits")):
         base = alt.Chart(pol).encode(
             x=alt.X("layer:N", sort=layers, title="Layer (module order)", axis=alt.Axis(labelAngle=-60)),
-            y=alt.Y("entry:N", sort=order, title=None))
+            y=alt.Y("entry:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=260)))
         heat = base.mark_rect().encode(
             color=alt.Color(f"{kind}:O", title=name, scale=alt.Scale(scheme="viridis")),
             tooltip=["entry:N", "layer:N", alt.Tooltip("seed:Q"), alt.Tooltip("w:Q", title="W bits"),
                      alt.Tooltip("a:Q", title="A bits")])
         text = base.mark_text(fontSize=10, color="white").encode(text=f"{kind}:Q")
         charts.append((heat + text).properties(title=f"{name} — {label} first, then the other methods",
-                                               height=max(120, 26 * len(order))))
+                                               height=24 * len(order) + 150))  # + rotated layer names
     for chart in charts:
         st.altair_chart(chart, width="stretch")
     fixed = next(iter(recs)).get("fixed") or {}
