@@ -7,7 +7,7 @@ as in HAWQ-V3) is picked by :func:`mpqbench.ilp.solve_bit_allocation` minimising
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,30 +15,19 @@ from torch import Tensor, nn
 
 from mpqbench.errors import UserError
 from mpqbench.ilp import solve_bit_allocation
-
-
-def _quant_error_sq_fallback(weight: Tensor, bits: int) -> float:
-    """‖Q_b(W) − W‖² with the LSQ initial step 2·mean|W|/√Q_P (signed, per tensor)."""
-    if bits < 2:
-        raise ValueError(f"signed weight quantization needs at least 2 bits, got {bits}")
-    w = weight.detach().float()
-    q_n, q_p = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    step = 2 * w.abs().mean() / q_p**0.5
-    if step == 0:
-        return 0.0
-    q = torch.clamp(w / step, q_n, q_p).round() * step
-    return float((q - w).pow(2).sum())
-
+from mpqbench.quant.lsq import quant_error_sq
 
 QuantError = Callable[[Tensor, int], float]
 
 
-def layer_weights(model: nn.Module, layer_names: Iterable[str]) -> dict[str, nn.Parameter]:
+def layer_weights(model: nn.Module, layer_names: Sequence[str]) -> dict[str, nn.Parameter]:
     """``{name: module.weight}`` for the named layers (the parameters whose Hessian blocks HAWQ uses)."""
     modules = dict(model.named_modules())
-    missing = [n for n in layer_names if n not in modules or not isinstance(getattr(modules[n], "weight", None), nn.Parameter)]
+    missing = [n for n in layer_names if not isinstance(getattr(modules.get(n), "weight", None), nn.Parameter)]
     if missing:
-        raise UserError(f"layers {missing} are not weighted modules of this model; use searchable layer names of the same arch")
+        raise UserError(
+            f"layers {missing} are not weighted modules of this model; use searchable layer names of the same arch"
+        )
     return {n: modules[n].weight for n in layer_names}
 
 
@@ -126,7 +115,7 @@ def sensitivity_table(
     A negative trace estimate (indefinite curvature) counts as zero sensitivity: the second-order model
     then predicts no loss increase from quantizing that layer.
     """
-    quant_error = quant_error or _quant_error_sq_fallback
+    quant_error = quant_error or quant_error_sq
     weights = layer_weights(model_fp, layer_names)
     missing = [n for n in layer_names if n not in traces]
     if missing:

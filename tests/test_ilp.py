@@ -25,7 +25,8 @@ def _random_case(rng, n_layers=5, n_choices=3):
     macs = rng.integers(1_000, 50_000, size=n_layers).astype(float)
     bitops = macs[:, None] * bits[None, :] ** 2 / 1e9  # GBitOPs, tiny numbers on purpose
     # Sensitivity decreasing in bits, with tiny magnitudes like Hessian-trace × quant error.
-    costs = rng.uniform(0.1, 1.0, size=(n_layers, 1)) * 1e-7 / bits[None, :] ** 2 * rng.uniform(0.5, 2, (n_layers, n_choices))
+    scale = rng.uniform(0.1, 1.0, size=(n_layers, 1)) * rng.uniform(0.5, 2, (n_layers, n_choices))
+    costs = scale * 1e-7 / bits[None, :] ** 2
     return costs, bitops
 
 
