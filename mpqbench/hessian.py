@@ -7,7 +7,8 @@ as in HAWQ-V3) is picked by :func:`mpqbench.ilp.solve_bit_allocation` minimising
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 from mpqbench.errors import UserError
 from mpqbench.ilp import solve_bit_allocation
 from mpqbench.quant.lsq import quant_error_sq
+
+if TYPE_CHECKING:
+    from mpqbench.cost import SearchCostMeter
 
 QuantError = Callable[[Tensor, int], float]
 
@@ -41,6 +45,7 @@ def hutchinson_traces(
     max_probes: int = 100,
     seed: int = 0,
     stats: dict | None = None,
+    meter: SearchCostMeter | None = None,
 ) -> dict[str, float]:
     """Average Hessian trace Tr(H_l)/n_l of the loss w.r.t. each layer's parameter (PyHessian-style).
 
@@ -51,6 +56,8 @@ def hutchinson_traces(
     or after ``max_probes``. The gradient graph of all batches is built once and kept, so the batches
     must fit in memory together. Probes are drawn on the CPU from ``seed``: same z on any device.
     ``stats``, if given, receives ``probes`` (Hessian-vector products done) and ``samples`` (per product).
+    ``meter`` (a :class:`~mpqbench.cost.SearchCostMeter`) counts the graph build as one step of kind
+    ``"hessian-grad"`` and each probe as one step of kind ``"hvp"``, both over all batches' samples.
     """
     if not batches:
         raise ValueError("hutchinson_traces needs at least one (x, y) batch")
@@ -63,15 +70,20 @@ def hutchinson_traces(
     was_training = model.training
     requires_grad = [p.requires_grad for p in params]
     generator = torch.Generator().manual_seed(seed)
+
+    def step(kind: str):
+        return meter.step(samples, kind=kind) if meter is not None else contextlib.nullcontext()
+
     model.eval()
     try:
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            loss = sum(
-                loss_fn(model(x.to(device)), y.to(device)) * (x.shape[0] / samples) for x, y in batches
-            )
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            with step("hessian-grad"):
+                loss = sum(
+                    loss_fn(model(x.to(device)), y.to(device)) * (x.shape[0] / samples) for x, y in batches
+                )
+                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             # A parameter the loss is linear in (or ignores) has a zero Hessian row: leave it out of the HVP.
             curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             sums = np.zeros(len(params))
@@ -83,12 +95,13 @@ def hutchinson_traces(
                 ]
                 vhv = np.zeros(len(params))
                 if curved:
-                    hz = torch.autograd.grad(
-                        [grads[i] for i in curved], params, grad_outputs=[zs[i] for i in curved],
-                        retain_graph=True, allow_unused=True,
-                    )
-                    terms = [(h * z).sum() if h is not None else z.new_zeros(()) for h, z in zip(hz, zs)]
-                    vhv = torch.stack(terms).double().cpu().numpy()
+                    with step("hvp"):
+                        hz = torch.autograd.grad(
+                            [grads[i] for i in curved], params, grad_outputs=[zs[i] for i in curved],
+                            retain_graph=True, allow_unused=True,
+                        )
+                        terms = [(h * z).sum() if h is not None else z.new_zeros(()) for h, z in zip(hz, zs)]
+                        vhv = torch.stack(terms).double().cpu().numpy()
                 sums += vhv
                 previous, means = means, sums / probe
                 if probe > 1 and (np.abs(means - previous) <= tol * np.abs(previous)).all():

@@ -162,3 +162,18 @@ def test_sensitivity_table_uses_trace_times_error():
 def test_unknown_layer_is_a_user_error():
     with pytest.raises(UserError, match="nope"):
         layer_weights(_TwoLayer(), ["a", "nope"])
+
+
+def test_meter_counts_graph_build_and_each_probe():
+    from mpqbench.cost import SearchCostMeter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    batches = [(torch.randn(16, 5), torch.randint(0, 3, (16,))), (torch.randn(8, 5), torch.randint(0, 3, (8,)))]
+    meter, stats = SearchCostMeter("cpu"), {}
+    hutchinson_traces(model, nn.CrossEntropyLoss(), batches, {"a": model[0].weight}, tol=0.0, max_probes=6,
+                      meter=meter, stats=stats)
+    assert stats == {"probes": 6, "samples": 24}
+    assert meter.steps == 1 + 6 and meter.samples == 7 * 24
+    # The forward alone is 5·7 + 7·3 = 56 MACs per sample; gradient and HVP steps each cost more than that.
+    assert meter.macs_processed > 7 * 24 * 56
