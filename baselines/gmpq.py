@@ -93,7 +93,8 @@ class _GmpqMixin:
         # The teacher's map depends on the batch only, so ASGA's second pass reuses it.
         if self._cache is None or self._cache[0] is not x:
             with torch.enable_grad():
-                _, maps = attribution_maps(self.teacher, x.requires_grad_(False), self.stage, create_graph=False)
+                # The frozen teacher's F needs a graph back to something: the input stands in for it.
+                _, maps = attribution_maps(self.teacher, x.detach().requires_grad_(True), self.stage, create_graph=False)
             self._cache = (x, maps.detach())
         return self._cache[1]
 

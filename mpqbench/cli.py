@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser, *, epochs: float, lr: float, batch: int) -> None:
-    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--batch-size", type=int, default=batch)
     p.add_argument("--weight-decay", type=float, default=None)

@@ -9,9 +9,10 @@ LSQ step sizes step together (three SGD groups). Subclasses change two hooks onl
 
 Complexity term (choice, methods.md): ``C(α) = Σ_l MACs_l · E[b_w,l] · E[b_a,l]`` with MACs of the
 *target* geometry, divided by the budget's BitOPs so that the weight λ is comparable across archs and
-budgets. ``complexity_mode="hinge"`` (default) adds ``λ · relu(C/B − target_ratio)``, which steers the
-expected BitOPs down to the budget and leaves the policy alone below it; ``"linear"`` is EdMIPS's
-published ``λ · C/B``. The final policy is the argmax of softmax(α_w), softmax(α_a) per layer, then the
+budgets. ``complexity_mode="target"`` (default) adds ``λ · (C/B − target_ratio)²``, which steers the expected
+BitOPs to the budget from either side, so the cross-entropy decides *where* the bits go while the total
+stays at the budget; ``"hinge"`` adds ``λ · relu(C/B − target_ratio)`` (only pushes down);
+``"linear"`` is EdMIPS's published ``λ · C/B``. The final policy is the argmax of softmax(α_w), softmax(α_a) per layer, then the
 budget repair of :mod:`mpqbench.search.repair` if needed.
 """
 
@@ -47,9 +48,9 @@ class DiffHparams(BaseModel):
     momentum: float = 0.9
     weight_decay: float = Field(1e-4, description="on conv/linear weights only")
     lr_milestones: list[float] = Field([0.4, 0.8], description="fractions of the run where both lrs ×0.1 (10 and 20 of 25 epochs)")
-    complexity_weight: float = Field(2.0, ge=0, description="λ of the complexity term")
-    complexity_mode: Literal["hinge", "linear"] = "hinge"
-    complexity_target: float = Field(1.0, gt=0, description="hinge point as a fraction of the budget")
+    complexity_weight: float = Field(5.0, ge=0, description="λ of the complexity term")
+    complexity_mode: Literal["target", "hinge", "linear"] = "target"
+    complexity_target: float = Field(1.0, gt=0, description="expected BitOPs aimed at, as a fraction of the budget")
 
 
 class AsgaHparams(DiffHparams):
@@ -96,7 +97,9 @@ class DifferentiableSearch(Method):
         ratio = self.complexity_ratio(supernet, ctx)
         if hp.complexity_mode == "linear":
             return hp.complexity_weight * ratio
-        return hp.complexity_weight * F.relu(ratio - hp.complexity_target)
+        if hp.complexity_mode == "hinge":
+            return hp.complexity_weight * F.relu(ratio - hp.complexity_target)
+        return hp.complexity_weight * (ratio - hp.complexity_target).pow(2)
 
     def build_supernet(self, ctx: SearchContext) -> nn.Module:
         model = get_model(ctx.arch, num_classes=ctx.num_classes, in_channels=ctx.in_channels,
