@@ -87,11 +87,11 @@ class MethodConfig(_Strict):
         description="the base method needs an FP teacher pretrained on the proxy (its needs_teacher; "
         "tests/test_config.py checks the two agree)",
     )
-    epochs: float | None = Field(None, gt=0, description="override search.epochs for this entry")
+    epochs: int | None = Field(None, ge=1, description="override search.epochs for this entry")
 
 
 class StageConfig(_Strict):
-    epochs: float = Field(ge=0, description="0 = keep the initial weights (pretrain from `weights` only)")
+    epochs: int = Field(ge=0, description="0 = keep the initial weights (pretrain from `weights` only)")
     lr: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     subset: int | None = Field(None, ge=1, description="train on a seeded, stratified subset of N images")
@@ -102,7 +102,7 @@ class PretrainConfig(StageConfig):
 
 
 class SearchConfig(_Strict):
-    epochs: float = Field(gt=0)
+    epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
 
 
@@ -179,7 +179,7 @@ class SuiteConfig(_Strict):
             unknown = [n for n in names or [] if n not in known]
             if unknown:
                 raise ValueError(f"{where}: unknown {kind} {', '.join(map(repr, unknown))}; "
-                                 f"defined {kind}s: {', '.join(known)}")
+                                 f"defined in this file: {', '.join(known)}")
 
         check("proxy", "default_proxies", self.default_proxies, self.proxies)
         for label, m in self.methods.items():

@@ -166,6 +166,16 @@ def test_paper_suite_names_no_scheduler_and_uses_gpus(tmp_path):
     assert not re.search(r"slurm|sbatch|executor", text, re.I)
 
 
+def test_slurm_profile_dry_runs_the_paper_suite(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    copy_tree(tmp_path)
+    proc = snakemake(tmp_path, "all", "-n", "--profile", "profiles/slurm", "--configfile", SUITES["paper"])
+    search = re.search(r"rule search:.*?resources: ([^\n]*)", proc.stdout, re.S).group(1)
+    assert "slurm_partition=gpu" in search and "gpu=1" in search
+    aggregate = re.search(r"rule aggregate:.*?resources: ([^\n]*)", proc.stdout, re.S).group(1)
+    assert "gpu=0" in aggregate
+
+
 def test_lint_leaves_only_the_justified_warning(tmp_path):
     """The one remaining lint (no conda env/container per rule) is justified in config/README.md."""
     copy_tree(tmp_path)
