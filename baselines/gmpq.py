@@ -22,8 +22,6 @@ from pydantic import Field
 from torch import nn
 
 from mpqbench.errors import UserError
-from mpqbench.models import get_model
-from mpqbench.pipeline import load_checkpoint
 from mpqbench.search import SearchContext, register_method
 from mpqbench.search.differentiable import AsgaHparams, DiffHparams, DifferentiableSearch
 
@@ -73,19 +71,9 @@ class _GmpqMixin:
     needs_teacher = True
 
     def prepare(self, ctx: SearchContext, hp, supernet: nn.Module) -> None:
-        ckpt = load_checkpoint(ctx.teacher_ckpt, "GMPQ teacher")
-        meta = ckpt["meta"]
-        if meta["arch"] != ctx.arch or meta["num_classes"] != ctx.num_classes or meta["input_size"] != ctx.input_size:
-            raise UserError(
-                f"the teacher {ctx.teacher_ckpt} is a {meta['arch']} for {meta['num_classes']} classes at "
-                f"{meta['input_size']}px, the search needs {ctx.arch} for {ctx.num_classes} classes at {ctx.input_size}px; "
-                f"pretrain it with `mpqbench pretrain --arch {ctx.arch} --dataset <proxy> --input-size {ctx.input_size}`"
-            )
-        teacher = get_model(ctx.arch, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                            input_size=meta["input_size"], width=meta["width"])
-        teacher.load_state_dict(ckpt["state_dict"])
+        teacher = ctx.load_teacher("GMPQ teacher")
         teacher.eval().requires_grad_(False)
-        self.teacher = teacher.to(ctx.device)
+        self.teacher = teacher
         self.stage = last_stage(ctx.arch)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -20,8 +20,6 @@ from torch import nn
 from mpqbench.data import make_loader
 from mpqbench.errors import UserError
 from mpqbench.hessian import hawq_policy, hutchinson_traces, layer_weights
-from mpqbench.models import get_model
-from mpqbench.pipeline import load_checkpoint
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method
 
 
@@ -45,7 +43,7 @@ class Hawq(Method):
         if not bits:
             raise UserError(f"HAWQ ties weight and activation bits, but the candidates W{ctx.w_candidates} and "
                             f"A{ctx.a_candidates} share none; pass a common bit-width in both")
-        model = self.load_teacher(ctx)
+        model = ctx.load_teacher("HAWQ FP model")
         loader = make_loader(ctx.proxy_train, batch_size=hp.batch_size, shuffle=True, seed=ctx.seed)
         batches = list(islice(iter(loader), hp.num_batches))
         stats: dict = {}
@@ -54,20 +52,3 @@ class Hawq(Method):
         layers = hawq_policy(model, ctx.searchable, ctx.target_macs, bits, ctx.budget_bitops_g, traces)
         return SearchOutcome(layers=layers, epochs=stats["samples"] / len(ctx.proxy_train),
                              extra={"probes": stats["probes"], "avg_hessian_trace": traces})
-
-    @staticmethod
-    def load_teacher(ctx: SearchContext) -> nn.Module:
-        ckpt = load_checkpoint(ctx.teacher_ckpt, "HAWQ FP model")
-        meta = ckpt["meta"]
-        want = (ctx.arch, ctx.num_classes, ctx.in_channels, ctx.input_size, ctx.width)
-        have = (meta["arch"], meta["num_classes"], meta["in_channels"], meta["input_size"], meta["width"])
-        if have != want:
-            raise UserError(
-                f"the FP model {ctx.teacher_ckpt} is (arch, classes, channels, input size, width) = {have}, the "
-                f"search needs {want}; pretrain it with `mpqbench pretrain --arch {ctx.arch} --dataset <proxy> "
-                f"--input-size {ctx.input_size} --width {ctx.width}`"
-            )
-        model = get_model(ctx.arch, num_classes=ctx.num_classes, in_channels=ctx.in_channels,
-                          input_size=ctx.input_size, width=ctx.width)
-        model.load_state_dict(ckpt["state_dict"])
-        return model.to(ctx.device)

@@ -133,13 +133,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from mpqbench.search import get_method
     from mpqbench.search.run import SearchRequest, run_search
 
+    hparams = dict(args.hp or [])
+    # --epochs/--batch-size are shorthands for the hyper-parameters of methods that have them, so one
+    # command line serves every method (a control has neither).
+    fields = get_method(args.method).Hparams.model_fields
+    for key in ("epochs", "batch_size"):
+        value = getattr(args, key)
+        if value is not None and key in fields:
+            hparams.setdefault(key, value)
     req = SearchRequest(
         method=args.method, label=args.label, arch=args.arch, proxy=args.proxy, target=args.target,
         budget=args.budget, seed=args.seed, proxy_label=args.proxy_label, proxy_subset=args.proxy_subset,
         proxy_input_size=args.proxy_input_size, target_input_size=args.target_input_size, width=args.width,
-        w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=dict(args.hp or []),
+        w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=hparams,
         teacher=Path(args.teacher) if args.teacher else None, data_root=args.data_root, device=args.device,
         progress=not args.no_progress, work_dir=Path(args.work_dir) if args.work_dir else None,
     )
@@ -229,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-candidates", type=_int_list, default=[2, 3, 4])
     p.add_argument("--a-candidates", type=_int_list, default=[2, 3, 4])
     p.add_argument("--hp", type=_hparam, action="append", metavar="KEY=VALUE", help="method hyper-parameter")
+    p.add_argument("--epochs", type=float, default=None, help="search epochs, for methods that train (same as --hp epochs=)")
+    p.add_argument("--batch-size", type=int, default=None, help="search batch size, for methods that have one")
     p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
     p.add_argument("--out", required=True)

@@ -61,6 +61,29 @@ class SearchContext:
 
         return bitops_g(self.target_macs, layers)
 
+    def load_teacher(self, what: str = "FP teacher") -> torch.nn.Module:
+        """The FP model pretrained on the proxy (``--teacher``), checked against this search, on ``device``."""
+        from mpqbench.errors import UserError
+        from mpqbench.models import get_model
+        from mpqbench.pipeline import load_checkpoint
+
+        if self.teacher_ckpt is None:
+            raise UserError(f"this method needs an {what} pretrained on the proxy; pass --teacher FP.pt")
+        ckpt = load_checkpoint(self.teacher_ckpt, what)
+        meta = ckpt["meta"]
+        want = (self.arch, self.num_classes, self.in_channels, self.input_size, self.width)
+        have = (meta["arch"], meta["num_classes"], meta["in_channels"], meta["input_size"], meta["width"])
+        if have != want:
+            raise UserError(
+                f"the {what} {self.teacher_ckpt} is (arch, classes, channels, input size, width) = {have}, the "
+                f"search needs {want}; pretrain it with `mpqbench pretrain --arch {self.arch} --dataset <proxy> "
+                f"--input-size {self.input_size} --width {self.width}`"
+            )
+        model = get_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                          input_size=self.input_size, width=self.width)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(self.device)
+
 
 @dataclass
 class SearchOutcome:
