@@ -357,6 +357,18 @@ class SearchCostMeter:
     def gpu_hours(self) -> float:
         return self.wall_s * self.world_size / 3600 if self._device.type == "cuda" else 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Counters to carry across a kill/resume (plain numbers: loadable with weights_only=True)."""
+        return {"wall_s": self.wall_s, "steps": self.steps, "samples": self._samples, "macs": self._macs,
+                "macs_per_sample": dict(self._macs_per_sample)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue counting from ``state``; the wall clock resumes as if the pause had not happened."""
+        now = time.perf_counter()
+        self._start, self._end = now - float(state["wall_s"]), now
+        self.steps, self._samples, self._macs = int(state["steps"]), int(state["samples"]), float(state["macs"])
+        self._macs_per_sample = {str(k): float(v) for k, v in state["macs_per_sample"].items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "wall_s": self.wall_s,
