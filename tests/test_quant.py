@@ -1,6 +1,7 @@
 """LSQ quantizer, quantized layers and supernet layers against hand computations.
 
-Every test runs twice: on the fused fast path and on the plain-ops reference path.
+Every test runs on the fused "eager" backend and on the plain-ops "reference" backend; the "compiled"
+backend is checked against them on conv-sized tensors (it compiles once per process, ~10-60 s cold).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -17,14 +19,14 @@ import torch.nn.functional as F
 from mpqbench.errors import UserError
 from mpqbench.quant import (LsqQuantizer, MixedConv2d, MixedLinear, QConv2d, QLinear, arch_parameters,
                             build_supernet, lsq_fake_quant, mixed_layers, quant_error_sq, quantize_model,
-                            quantizer_parameters, use_fast_path, weight_parameters)
+                            quantizer_parameters, set_backend, weight_parameters)
 
 
-@pytest.fixture(autouse=True, params=["fast", "reference"])
-def lsq_path(request):
-    old = use_fast_path(request.param == "fast")
+@pytest.fixture(autouse=True, params=["eager", "reference"])
+def lsq_backend(request):
+    old = set_backend(request.param)
     yield request.param
-    use_fast_path(old)
+    set_backend(old)
 
 
 # v/s for s = 0.5 at 3 bits signed (Q_N = -4, Q_P = 3): below, at-ish and inside the range, in the half-step
@@ -181,17 +183,17 @@ def test_fast_and_reference_paths_agree_including_double_backward():
     with torch.no_grad():
         mixed.alpha_a.copy_(torch.tensor([0.3, -0.2]))
 
-    def grads(fast: bool):
-        old = use_fast_path(fast)
+    def grads(backend: str):
+        old = set_backend(backend)
         try:
             xi = x.clone().requires_grad_()
             out = mixed(xi)
             (gx,) = torch.autograd.grad(out.pow(2).sum(), xi, create_graph=True)  # Grad-CAM style
             return [out] + list(torch.autograd.grad(gx.pow(2).sum(), [mixed.weight, mixed.alpha_a]))
         finally:
-            use_fast_path(old)
+            set_backend(old)
 
-    for a, b in zip(grads(True), grads(False)):
+    for a, b in zip(grads("eager"), grads("reference")):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -250,3 +252,52 @@ def test_quant_error_sq_hand_value():
     hand = ((w / s).clamp(-2, 1).round() * s - w).pow(2).sum().item()
     assert quant_error_sq(w, 2) == pytest.approx(hand)
     assert quant_error_sq(w, 8) < quant_error_sq(w, 4) < quant_error_sq(w, 2)
+
+
+def _run(backend: str, v, steps, probs, bounds, grad_scales):
+    from mpqbench.quant.lsq import _LsqMix
+    old = set_backend(backend)
+    try:
+        leaves = [t.detach().clone().requires_grad_() for t in (v, steps, probs) if t is not None]
+        out = _LsqMix.apply(leaves[0], leaves[1], leaves[2] if probs is not None else None, bounds, grad_scales)
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), leaves)
+        return [out, *grads]
+    finally:
+        set_backend(old)
+
+
+@pytest.mark.parametrize("bounds", [((0, 7),), ((-4, 3), (-8, 7), (-128, 127))])
+def test_compiled_backend_matches_eager(lsq_backend, bounds):
+    if lsq_backend == "reference":
+        pytest.skip("compiled vs eager needs one run only")
+    torch.manual_seed(6)
+    k = len(bounds)
+    v = torch.randn(4, 8, 10, 10) * 2
+    steps = torch.tensor([0.3, 0.11, 0.02][:k])
+    probs = None if k == 1 else torch.tensor([0.2, 0.5, 0.3])
+    grad_scales = tuple(0.1 * (i + 1) for i in range(k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a compile failure would silently test eager vs eager
+        compiled = _run("compiled", v, steps, probs, bounds, grad_scales)
+    for a, b in zip(compiled, _run("eager", v, steps, probs, bounds, grad_scales)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_backend_falls_back_to_eager(lsq_backend, monkeypatch):
+    if lsq_backend == "reference":
+        pytest.skip("one run is enough")
+    from mpqbench.quant import lsq
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(lsq, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    old = set_backend("compiled")
+    try:
+        with pytest.warns(UserWarning, match="using the eager LSQ backend"):
+            y = lsq_fake_quant(V, torch.tensor(S), QN, QP, 1.0)
+        assert lsq.get_backend() == "eager"
+    finally:
+        set_backend(old)
+    torch.testing.assert_close(y, V_HAT, rtol=0, atol=0)

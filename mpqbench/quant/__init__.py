@@ -6,6 +6,7 @@
 
 Quantizer steps and signedness are initialised from the first batch a layer sees: run one forward pass
 (e.g. under torch.no_grad()) on a representative batch before training to calibrate them.
+Backends: `set_backend("eager" | "compiled" | "reference")` or MPQBENCH_LSQ_BACKEND (see lsq.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import torch.nn as nn
 
 from mpqbench.errors import UserError
 from mpqbench.quant.layers import QConv2d, QLinear
-from mpqbench.quant.lsq import LsqQuantizer, lsq_fake_quant, quant_error_sq, use_fast_path
+from mpqbench.quant.lsq import LsqQuantizer, get_backend, lsq_fake_quant, quant_error_sq, set_backend
 from mpqbench.quant.supernet import MixedConv2d, MixedLinear
 
 __all__ = ["LsqQuantizer", "QConv2d", "QLinear", "MixedConv2d", "MixedLinear", "quantize_model",
            "build_supernet", "mixed_layers", "arch_parameters", "weight_parameters", "quantizer_parameters",
-           "lsq_fake_quant", "quant_error_sq", "use_fast_path"]
+           "lsq_fake_quant", "quant_error_sq", "set_backend", "get_backend"]
 
 _SWAPPED = (QConv2d, QLinear, MixedConv2d, MixedLinear)
 

@@ -7,21 +7,27 @@ Gradients, exactly as in the paper (strict inequalities):
     ∂v̂/∂s = round(v/s) - v/s inside, Q_N below, Q_P above; then scaled by g = 1/√(N·Q_P)
 with N the number of elements of v per step element (v.numel() per tensor, v.numel()/C per channel).
 
-Two implementations with identical semantics:
-- the *reference*: a few differentiable torch ops (`_lsq_reference`); supports any order of derivative;
-- the *fast path* (default): one autograd.Function that quantizes in place in the forward and, in the
-  backward, gets ∂/∂v from one ``hardtanh_backward`` (strict-inside mask) and ∂/∂s from two reductions. It
-  saves no tensor the surrounding layers do not keep anyway, and for a mixture Σ_k p_k·Q_k(v) (supernet) it
-  recomputes each candidate in the backward instead of storing K quantized copies. Under
-  ``create_graph=True`` its backward differentiates the reference, so double backward works too.
-The fused ATen op ``torch._fake_quantize_learnable_per_tensor_affine`` is *not* used: it decides clipping on
-round(v/s) instead of v/s, so for Q_P < v/s < Q_P + ½ it passes ∂/∂v = 1 and ∂/∂s = round(v/s) - v/s
-instead of 0 and Q_P (verified by hand computation).
+Three backends with these semantics (`set_backend`, or the env var MPQBENCH_LSQ_BACKEND):
+- ``reference``: plain differentiable torch ops (`_lsq_reference`); any order of derivative.
+- ``eager`` (default): one autograd.Function (`_LsqMix`) that also mixes K candidates, Σ_k p_k·Q_k(v)
+  (supernet), in one call: it works in a few preallocated buffers with in-place passes, takes ∂/∂v from one
+  ``hardtanh_backward`` (strict-inside mask) and ∂/∂s from dot products of exact residuals, and saves nothing
+  but its input (which the previous layer keeps anyway) — K candidates are recomputed in the backward, not
+  stored.
+- ``compiled``: the same Function with its per-tensor kernels fused by torch.compile (dynamic shapes,
+  bit-widths symbolic, so a handful of graphs per process; ~10-60 s compile on first use, cached on disk by
+  inductor). Per-channel steps stay eager. Any compile failure warns once and falls back to ``eager``.
+Under ``create_graph=True`` the Function's backward differentiates the reference, so double backward works
+on every backend. The fused ATen op ``torch._fake_quantize_learnable_per_tensor_affine`` is *not* used: it
+decides clipping on round(v/s) instead of v/s, so for Q_P < v/s < Q_P + ½ it passes ∂/∂v = 1 and
+∂/∂s = round(v/s) - v/s instead of 0 and Q_P (checked by hand computation).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from typing import Sequence
 
 import torch
@@ -29,18 +35,24 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-_FAST = True
+BACKENDS = ("reference", "eager", "compiled")
+_BACKEND = os.environ.get("MPQBENCH_LSQ_BACKEND", "eager")
+if _BACKEND not in BACKENDS:
+    warnings.warn(f"MPQBENCH_LSQ_BACKEND={_BACKEND!r} is not one of {BACKENDS}; using 'eager'")
+    _BACKEND = "eager"
 
 
-def use_fast_path(enabled: bool = True) -> bool:
-    """Select the fused autograd.Function (True, default) or the plain-ops reference; returns the old setting."""
-    global _FAST
-    old, _FAST = _FAST, bool(enabled)
+def set_backend(name: str) -> str:
+    """Select the LSQ implementation ("reference", "eager", "compiled"); returns the previous one."""
+    global _BACKEND
+    if name not in BACKENDS:
+        raise ValueError(f"unknown LSQ backend {name!r}; choose one of {BACKENDS}")
+    old, _BACKEND = _BACKEND, name
     return old
 
 
-def fast_path_enabled() -> bool:
-    return _FAST
+def get_backend() -> str:
+    return _BACKEND
 
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
@@ -73,25 +85,106 @@ def _mix_reference(v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_
     return out
 
 
-def _sum_like(t: Tensor, s: Tensor) -> Tensor:
-    """Reduce t (shape of v) to the shape of the step s ([] or broadcastable like [C, 1, 1, 1])."""
-    return t.sum() if s.dim() == 0 else t.sum_to_size(s.shape)
+def _dot(a: Tensor, b: Tensor, s: Tensor) -> Tensor:
+    """Σ a·b reduced to the shape of the step s ([] or broadcastable like [C, 1, 1, 1]); a, b: shape of v."""
+    if s.dim() == 0 and a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))  # no temporary
+    return (a * b).sum_to_size(s.shape)
+
+
+def _eager_forward(v: Tensor, steps: Tensor, probs: Tensor | None, bounds) -> Tensor:
+    """Σ_k p_k·round(clamp(v/s_k))·s_k in two buffers (allocating large CPU tensors costs more than a pass)."""
+    out, x = torch.empty_like(v), None
+    for k, (qn, qp) in enumerate(bounds):
+        s = steps[k]
+        scale = s if probs is None else s * probs[k]
+        if k == 0:
+            torch.div(v, s, out=out).clamp_(qn, qp).round_().mul_(scale)
+        else:
+            x = torch.empty_like(v) if x is None else x
+            out.addcmul_(torch.div(v, s, out=x).clamp_(qn, qp).round_(), scale)
+    return out
+
+
+def _eager_backward(v: Tensor, grad: Tensor, steps: Tensor, probs: Tensor | None, bounds):
+    """(∂L/∂v, ds [K, *S] = Σ grad·∂Q_k/∂s_k unscaled, gq [K, *S] = Σ grad·q_k or None without probs)."""
+    grad = grad.contiguous()
+    x, e = torch.empty_like(v), torch.empty_like(v)
+    gv = None if probs is None else torch.empty_like(v)
+    dv, ds, gq = None, [], []
+    for k, (qn, qp) in enumerate(bounds):
+        s = steps[k]
+        torch.div(v, s, out=x)
+        if probs is None:  # the STE input gradient: grad where Q_N < v/s < Q_P, else 0
+            gv = dv = torch.ops.aten.hardtanh_backward(grad, x, qn, qp)
+        else:
+            torch.ops.aten.hardtanh_backward.grad_input(grad, x, qn, qp, grad_input=gv)
+        c = x.clamp_(qn, qp)  # v/s inside, the bound outside
+        outside = _dot(torch.sub(grad, gv, out=e), c, s)  # Σ_outside grad·Q
+        inside = _dot(grad, torch.round(c, out=e).sub_(c), s)  # Σ grad·(round(c) - c): exact residuals
+        ds.append(inside + outside)  # Σ grad·(q - [Q_N < v/s < Q_P]·v/s) = Σ grad·∂v̂/∂s
+        if probs is not None:
+            gq.append(inside + _dot(grad, c, s))
+            dv = torch.mul(gv, probs[k]) if dv is None else dv.addcmul_(gv, probs[k])
+    return dv, torch.stack(ds), None if probs is None else torch.stack(gq)
+
+
+def _fused_forward(v: Tensor, steps: Tensor, probs: Tensor | None, bounds) -> Tensor:
+    """_eager_forward for per-tensor steps [K], written for torch.compile to fuse into one pass."""
+    out = None
+    for k, (qn, qp) in enumerate(bounds):
+        s = steps[k]
+        y = torch.clamp(v / s, qn, qp).round() * (s if probs is None else s * probs[k])
+        out = y if out is None else out + y
+    return out
+
+
+def _fused_backward(v: Tensor, grad: Tensor, steps: Tensor, probs: Tensor | None, bounds):
+    """_eager_backward for per-tensor steps [K], written for torch.compile to fuse."""
+    dv, ds, gq = None, [], []
+    for k, (qn, qp) in enumerate(bounds):
+        x = v / steps[k]
+        inside = (x > qn) & (x < qp)
+        q = x.clamp(qn, qp).round()
+        gv = torch.where(inside, grad, 0.0)
+        gv = gv if probs is None else gv * probs[k]
+        dv = gv if dv is None else dv + gv
+        ds.append((grad * torch.where(inside, q - x, q)).sum())
+        gq.append((grad * q).sum())
+    return dv, torch.stack(ds), None if probs is None else torch.stack(gq)
+
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_call(name: str, *args):
+    """Run the torch.compile'd `_fused_<name>`; on any failure warn, switch to the eager backend, return None."""
+    global _BACKEND
+    try:
+        if name not in _compiled:
+            _compiled[name] = torch.compile(globals()[f"_fused_{name}"], dynamic=True, fullgraph=True)
+        return _compiled[name](*args)
+    except Exception as err:  # no C++ compiler / Triton, unsupported op or platform: keep training, eagerly
+        warnings.warn(f"torch.compile of the LSQ kernels failed ({type(err).__name__}: {err}); "
+                      "using the eager LSQ backend")
+        _BACKEND = "eager"
+        return None
 
 
 class _LsqMix(torch.autograd.Function):
     """y = Σ_k p_k · round(clamp(v/s_k, Q_N,k, Q_P,k)) · s_k with LSQ gradients (p = None: K = 1, no mixing).
 
-    v: any shape; steps: [K, *S] with S broadcastable to v; probs: [K] or None; bounds: K × (Q_N, Q_P);
-    grad_scales: K floats.
+    v: any shape; steps: [K, *S] with S broadcastable to v ([] per tensor); probs: [K] or None;
+    bounds: K × (Q_N, Q_P) ints; grad_scales: K floats.
     """
 
     @staticmethod
     def forward(ctx, v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_scales) -> Tensor:
         out = None
-        for k, (qn, qp) in enumerate(bounds):
-            s = steps[k]
-            y = torch.div(v, s).clamp_(qn, qp).round_().mul_(s if probs is None else s * probs[k])
-            out = y if out is None else out.add_(y)
+        if _BACKEND == "compiled" and steps.dim() == 1:
+            out = _compiled_call("forward", v, steps, probs, bounds)
+        if out is None:
+            out = _eager_forward(v, steps, probs, bounds)
         ctx.save_for_backward(v, steps, probs)
         ctx.bounds, ctx.grad_scales = bounds, grad_scales
         return out
@@ -101,23 +194,16 @@ class _LsqMix(torch.autograd.Function):
         v, steps, probs = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
             return _reference_backward(ctx, grad, v, steps, probs)
-        dv, dsteps, dprobs = None, [], []
-        for k, ((qn, qp), g) in enumerate(zip(ctx.bounds, ctx.grad_scales)):
-            s = steps[k]
-            x = torch.div(v, s)
-            gv = torch.ops.aten.hardtanh_backward(grad, x, qn, qp)  # grad where Q_N < v/s < Q_P, else 0
-            inner = _sum_like(gv * x, s)  # Σ_inside grad·v/s
-            q = x.clamp_(qn, qp).round_()
-            gq = _sum_like(grad * q, s)  # Σ grad·q
-            if probs is None:
-                dsteps.append((gq - inner) * g)
-                dv = gv
-            else:
-                p = probs[k]
-                dsteps.append((gq - inner) * (p * g))
-                dprobs.append((gq * s).sum())
-                dv = gv.mul_(p) if dv is None else dv.addcmul_(gv, p)
-        return dv, torch.stack(dsteps), None if probs is None else torch.stack(dprobs), None, None
+        res = None
+        if _BACKEND == "compiled" and steps.dim() == 1:
+            res = _compiled_call("backward", v, grad, steps, probs, ctx.bounds)
+        dv, ds, gq = res if res is not None else _eager_backward(v, grad, steps, probs, ctx.bounds)
+        shape = (-1,) + (1,) * (steps.dim() - 1)
+        scale = steps.new_tensor(ctx.grad_scales).view(shape)
+        if probs is None:
+            return dv, ds * scale, None, None, None
+        p = probs.view(shape)
+        return dv, ds * scale * p, (gq * steps).reshape(len(ctx.bounds), -1).sum(1), None, None
 
 
 def _reference_backward(ctx, grad: Tensor, v: Tensor, steps: Tensor, probs: Tensor | None):
@@ -133,10 +219,10 @@ def _reference_backward(ctx, grad: Tensor, v: Tensor, steps: Tensor, probs: Tens
 
 
 def lsq_fake_quant(v: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
-    """LSQ fake quantization of `v` with step `step` ([] or broadcastable to v); fast path or reference."""
-    if _FAST:
-        return _LsqMix.apply(v, step.unsqueeze(0), None, ((qn, qp),), (grad_scale,))
-    return _lsq_reference(v, step, qn, qp, grad_scale)
+    """LSQ fake quantization of `v` with step `step` ([] or broadcastable to v), on the selected backend."""
+    if _BACKEND == "reference":
+        return _lsq_reference(v, step, qn, qp, grad_scale)
+    return _LsqMix.apply(v, step.unsqueeze(0), None, ((qn, qp),), (grad_scale,))
 
 
 class LsqQuantizer(nn.Module):
@@ -221,15 +307,15 @@ class LsqQuantizer(nn.Module):
 
 
 def lsq_mix(v: Tensor, quantizers: Sequence[LsqQuantizer], probs: Tensor) -> Tensor:
-    """Σ_k probs[k] · quantizers[k](v) in one fused pass (fast path) or from the reference ops. probs: [K]."""
+    """Σ_k probs[k] · quantizers[k](v) in one autograd node (or from the reference ops). probs: [K]."""
     v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
     prepared = [q.prepare(v) for q in quantizers]
     steps = torch.stack([p[0] for p in prepared])
     bounds = tuple((qn, qp) for _, qn, qp, _ in prepared)
     grad_scales = tuple(g for *_, g in prepared)
-    if _FAST:
-        return _LsqMix.apply(v, steps, probs, bounds, grad_scales)
-    return _mix_reference(v, steps, probs, bounds, grad_scales)
+    if _BACKEND == "reference":
+        return _mix_reference(v, steps, probs, bounds, grad_scales)
+    return _LsqMix.apply(v, steps, probs, bounds, grad_scales)
 
 
 def quant_error_sq(weight: Tensor, bits: int) -> float:
