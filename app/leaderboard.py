@@ -147,8 +147,8 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, budget: str, cost: str) 
         return
     best = scored.iloc[0]
     ci = "" if pd.isna(best["top1_ci"]) else f" ± {best['top1_ci']:.2f}"
-    cols = st.columns(4)
-    cols[0].metric(f"Best at {budget}", entry_label(best["method"], best["proxy"]),
+    cols = st.columns([2, 1, 1, 1])
+    cols[0].metric(f"Best at {budget} (searched on {best['proxy']})", best["method"],
                    help="highest mean top-1 over seeds on the target test split")
     cols[1].metric("Its top-1 (%)", f"{best['top1_mean']:.2f}{ci}",
                    help=f"mean ± 95 % CI over {best['n_seeds']} seed(s)")
@@ -240,14 +240,14 @@ def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> 
     base = alt.Chart(data)
     bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=alt.Color("method:N", title="Method"))
     points = base.mark_point(filled=True, size=90).encode(
-        x=x, y=y, color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
+        x=x, y=y, color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
         opacity=alt.condition("datum.selected", alt.value(1.0), alt.value(0.35)), tooltip=tooltip)
     front = base.transform_filter("datum.pareto").mark_line(interpolate="step-after", color="black",
                                                             strokeDash=[4, 3]).encode(x=x, y=y)
     rings = base.transform_filter("datum.pareto").mark_point(size=260, color="black", strokeWidth=1.5).encode(
         x=x, y=y, tooltip=tooltip)
     return (bars + front + rings + points).properties(
-        height=360, title=f"Accuracy vs BitOPs, all budgets (selected: {budget}); black rings = Pareto front"
+        height=420, title=f"Accuracy vs BitOPs, all budgets (selected: {budget}); black rings = Pareto front"
     ).interactive()
 
 
@@ -264,12 +264,12 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
     chart = alt.Chart(data).mark_point(filled=True, size=90).encode(
         x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)),
         y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14)),
-        color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy"),
+        color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
         tooltip=[alt.Tooltip("entry:N", title="method @ proxy"),
                  alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
                  alt.Tooltip("cost:Q", title=title.replace(", log", ""), format=".4g"),
                  alt.Tooltip("search_wall_s:Q", title="wall (s)", format=".1f")],
-    ).properties(height=360, title=f"Accuracy vs search cost at {budget}").interactive()
+    ).properties(height=420, title=f"Accuracy vs search cost at {budget}").interactive()
     return chart, zero
 
 
@@ -336,7 +336,8 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
     charts = []
     for kind, name in (("w", "Weight bits"), ("a", "Activation bits")):
         base = alt.Chart(pol).encode(
-            x=alt.X("layer:N", sort=layers, title="Layer (module order)", axis=alt.Axis(labelAngle=-60)),
+            x=alt.X("layer:N", sort=layers, title="Layer (module order)",
+                    axis=alt.Axis(labelAngle=-60, labelOverlap=False)),
             y=alt.Y("entry:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=260)))
         heat = base.mark_rect().encode(
             color=alt.Color(f"{kind}:O", title=name, scale=alt.Scale(scheme="viridis")),

@@ -87,7 +87,7 @@ def test_default_view_ranks_by_hand(small):
 
 def test_headline_gains_by_hand(small):
     m = metrics(small)
-    assert m["Best at w3a3"][0] == "edmips-target @ fashion-mnist"
+    assert m["Best at w3a3 (searched on fashion-mnist)"][0] == "edmips-target"
     assert m["Its top-1 (%)"][0] == "89.50 ± 0.00"
     # ASGA searched on digits (its best-ranked proxy is fmnist-subset; pick digits explicitly)
     small.radio(key="asga_proxy").set_value("digits").run()

@@ -2,7 +2,8 @@
 
 Uses the system chromium (`apt-get install -y chromium`); never `playwright install`. Skipped when
 playwright or chromium is missing. ``MPQBENCH_SCREENSHOT=docs/leaderboard.png`` also writes the
-README screenshot (policy detail open). Page-load times are printed (``pytest -s``) and checked
+README screenshot (policy detail of the top-ranked entry open) from ``results/`` (or
+``$MPQBENCH_RESULTS``; the fixtures while results/ is empty). Page-load times are printed (``pytest -s``) and checked
 against the 3 s target when the machine is not oversubscribed.
 """
 
@@ -110,7 +111,7 @@ def test_leaderboard_renders_in_chromium(tmp_path):
         cold = load(page, url, ready='[data-testid="stDataFrame"]', charts=2)
         warm = load(page, url, ready='[data-testid="stDataFrame"]', charts=2)
         assert_no_error(page)
-        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "edmips-target @ fashion-mnist"
+        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "edmips-target"
         assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
         page.screenshot(path=str(tmp_path / "leaderboard.png"))
         assert (tmp_path / "leaderboard.png").stat().st_size > 20_000
@@ -120,12 +121,8 @@ def test_leaderboard_renders_in_chromium(tmp_path):
                       ready='[data-testid="stDataFrame"]', charts=4)
         assert_no_error(page)
         assert page.locator('[data-testid="stVegaLiteChart"]').count() == 4
-        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "asga @ digits"
-        target = os.environ.get("MPQBENCH_SCREENSHOT")
-        if target:
-            page.set_viewport_size({"width": 1600, "height": 2900})
-            page.wait_for_timeout(1500)
-            page.screenshot(path=target)
+        assert page.locator('[data-testid="stMetricLabel"]').first.inner_text().endswith("(searched on digits)")
+        assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "asga"
     print(f"\nfixture page load: cold {cold:.2f} s, warm {warm:.2f} s, with policy detail {detail:.2f} s, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     assert warm < (LOAD_TARGET_S if quiet_machine() else 30.0)
@@ -149,3 +146,21 @@ def test_missing_results_show_an_error_not_a_traceback(tmp_path):
         load(page, url, ready='[data-testid="stAlertContentError"]')
         assert page.locator('[data-testid="stException"]').count() == 0
         assert "does not exist" in page.locator('[data-testid="stAlertContentError"]').inner_text()
+
+
+@pytest.mark.skipif(not os.environ.get("MPQBENCH_SCREENSHOT"), reason="set MPQBENCH_SCREENSHOT=docs/leaderboard.png")
+def test_readme_screenshot(tmp_path):
+    results = Path(os.environ.get("MPQBENCH_RESULTS") or ROOT / "results")
+    if not any(results.glob("runs/**/*.json")):
+        results = FIXTURES / "results_small"
+    with serve(results, tmp_path / "streamlit.log") as url, browser_page(2900) as page:
+        load(page, url, ready='[data-testid="stDataFrame"]', charts=2)
+        # open the policy detail of the first-ranked entry through the UI, as a user would
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Policy of").click()
+        page.locator('[role="option"]').nth(1).click()
+        page.wait_for_function("document.querySelectorAll('[data-testid=stVegaLiteChart] canvas, "
+                               "[data-testid=stVegaLiteChart] svg').length >= 4", timeout=90_000)
+        page.wait_for_function("!document.querySelector('[data-testid=stStatusWidget]')", timeout=90_000)
+        page.wait_for_timeout(1000)
+        assert_no_error(page)
+        page.screenshot(path=os.environ["MPQBENCH_SCREENSHOT"])
