@@ -116,6 +116,15 @@ def test_leaderboard_renders_in_chromium(tmp_path):
         page.screenshot(path=str(tmp_path / "leaderboard.png"))
         assert (tmp_path / "leaderboard.png").stat().st_size > 20_000
 
+        # selecting a row (its checkbox cell on the grid's canvas) opens that entry's policy next to the others'
+        box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+        row_px, header_px = 35, 35
+        page.mouse.click(box["x"] + 12, box["y"] + header_px + 2 * row_px + row_px / 2)  # 3rd row: asga @ digits
+        page.wait_for_function("document.querySelectorAll('[data-testid=stVegaLiteChart]').length >= 4",
+                               timeout=90_000)
+        page.wait_for_function("location.search.includes('detail=asga+%40+digits')", timeout=90_000)
+        assert_no_error(page)
+
         # a shared URL restores the view and opens the policy detail (two more charts: W and A heatmaps)
         detail = load(page, f"{url}/?proxy=digits&detail={quote('asga @ digits')}",
                       ready='[data-testid="stDataFrame"]', charts=4)
