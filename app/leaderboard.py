@@ -177,7 +177,8 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, budget: str, cost: str) 
 
 
 def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
-    """The displayed table (labelled columns, units in the headers)."""
+    """The displayed table (labelled columns, units in the headers); ``runs`` (failed ones included)
+    give each row's reproduce commands."""
     cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
     return pd.DataFrame({
         "Rank": ranked["rank"],
@@ -403,7 +404,11 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     if res.error or f is None:
         return
     crit = dict(suite=f["suite"], arch=f["arch"], target=f["target"], proxy=f["proxy"], method=f["method"])
-    runs_all = lb.filter_frame(res.frame, include_failed=f["failed"], **crit)
+    # Statistics always use ok runs only; failed runs still count in each entry's status. The toggle shows
+    # entries without any ok run and lists failed runs in the detail, provenance and downloads.
+    every_all = lb.filter_frame(res.frame, include_failed=True, **crit)
+    runs_all = every_all if f["failed"] else every_all[every_all["status"] == "ok"]
+    every = every_all[every_all["budget"] == f["budget"]]
     runs = runs_all[runs_all["budget"] == f["budget"]]
     st.caption(f"{f['suite']} · {f['arch']} → {f['target']} · budget {f['budget']} · "
                f"{len(runs)} run(s) shown · share this view: `?{f['query']}`")
@@ -411,7 +416,9 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
         st.info("No runs match these filters at this budget. Widen the proxy or method selection, choose another "
                 "budget, or switch on 'Show failed runs'.")
         return
-    ranked_all = lb.rank_methods(runs_all)
+    ranked_all = lb.rank_methods(every_all)
+    if not f["failed"]:
+        ranked_all = ranked_all[ranked_all["n_seeds"] > 0].reset_index(drop=True)
     pareto = lb.pareto_front(ranked_all)
     at_budget = ranked_all["budget"] == f["budget"]
     ranked = ranked_all[at_budget].reset_index(drop=True)
@@ -421,7 +428,7 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     headline(ranked, gains, f["budget"], f["cost"])
 
     st.subheader(f"Ranking at {f['budget']}")
-    table = ranked_table(ranked, runs, pareto_b)
+    table = ranked_table(ranked, every, pareto_b)
     event = st.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
                          selection_mode="single-row", key="board")
     board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])

@@ -5,6 +5,7 @@ Hand-computed values come from tests/fixtures/results_small (see test_leaderboar
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -126,12 +127,15 @@ def test_method_and_budget_filters(small):
     assert df["Method"].tolist() == ["asga", "edmips", "uniform"] and df["Top-1 (%)"].tolist() == [80.0, 78.0, 75.0]
 
 
-def test_failed_runs_toggle_shows_status(small):
+def test_failed_runs_count_in_status_and_the_toggle_lists_them(small):
     row = board(small).set_index("Method").loc["edmips"]
-    assert row["Status"] == "ok"
+    assert row["Status"] == "2 ok, 1 failed" and row["Seeds (n)"] == 2 and row["Top-1 (%)"] == 86.5
+    assert row["Reproduce (snakemake)"].count("results/runs/") == 3  # the failed seed can be rerun too
+    small.selectbox(key="detail").set_value("edmips @ digits").run()
+    assert small.selectbox(key="detail_seed").options == ["0", "1"]
     small.sidebar.toggle(key="failed").set_value(True).run()
-    row = board(small).set_index("Method").loc["edmips"]
-    assert row["Status"] == "2 ok, 1 failed" and row["Seeds (n)"] == 2
+    assert small.selectbox(key="detail_seed").options == ["0", "1", "2"]
+    assert board(small).set_index("Method").loc["edmips"]["Top-1 (%)"] == 86.5
     assert qp(small, "failed") == ["1"]
 
 
@@ -232,3 +236,17 @@ def test_results_are_found_from_any_working_directory(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     at = run_app(monkeypatch, Path("r").resolve())
     assert len(board(at)) == 10
+
+
+def test_budget_with_only_failed_runs(monkeypatch, tmp_path):
+    shutil.copytree(FIXTURES / "results_small", tmp_path / "r")
+    for path in (tmp_path / "r" / "runs" / "default" / "resnet20" / "w2a2").rglob("*.json"):
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({**rec, "status": "failed", "metrics": None, "reason": "killed (OOM)"}))
+    at = run_app(monkeypatch, tmp_path / "r", query={"budget": "w2a2"})
+    assert any("No runs match" in i.value for i in at.info)
+    at.sidebar.toggle(key="failed").set_value(True).run()
+    assert not at.exception
+    df = board(at)
+    assert df["Status"].tolist() == ["0 ok, 1 failed"] * 3 and df["Rank"].isna().all()
+    assert any("No successful run" in i.value for i in at.info)
