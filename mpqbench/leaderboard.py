@@ -37,7 +37,6 @@ ABLATIONS: tuple[str, ...] = ("asga-sam", "asga-sam-align")
 GROUP: list[str] = ["suite", "arch", "target", "budget"]
 ENTRY: list[str] = GROUP + ["method", "proxy"]
 RUN_KEY: list[str] = ENTRY + ["seed"]
-COSTS: dict[str, str] = {"macs": "search_macs_processed", "wall_s": "search_wall_s"}
 
 # The flat frame / leaderboard.csv: column -> dtype, in output order. Units are in the names.
 COLUMNS: dict[str, str] = {
