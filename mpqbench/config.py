@@ -146,6 +146,7 @@ class SuiteConfig(_Strict):
 
     suite: Label = Field(description="suite name; records go to <results_dir>/runs/<suite>/")
     description: str = ""
+    anchors: dict[str, Any] = Field(default_factory=dict, description="YAML anchors (&name) reused elsewhere in the file; not read otherwise")
     device: str = Field("auto", description="--device of every job: auto, cpu, cuda, cuda:1, ...")
     data_root: str | None = Field(None, description="default dataset root; null = mpqbench's default")
     results_dir: str = Field("results", description="committed records, leaderboard.csv, summary.json, figures/")

@@ -59,7 +59,9 @@ def pretrain(*, arch: str, dataset: str, data_root: str | None, input_size: int 
                       width=width, weights=weights)
     train_ds = _train_split(dataset, data_root, size, subset, cfg.seed)
     test_ds = load_split(dataset, "test", root=data_root, input_size=size)
-    stats = train(model, train_ds, cfg, ckpt_path=_resume_path(out), progress=progress)
+    # --epochs 0 takes the start weights as they are (e.g. torchvision's ImageNet weights in the paper suite)
+    stats = (train(model, train_ds, cfg, ckpt_path=_resume_path(out), progress=progress) if cfg.epochs
+             else {"wall_s": 0.0, "macs_processed": 0})
     metrics = evaluate(model, test_ds, device=cfg.device)
     meta = {"arch": arch, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
             "input_size": size, "width": width, "subset": subset, "epochs": cfg.epochs, "lr": cfg.lr,
@@ -139,7 +141,7 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
     base_method = policy.search.hparams.get("method", policy.method)
     resolved = {
         "suite": suite, "method": policy.method, "base_method": base_method, "arch": policy.arch,
-        "proxy": policy.search.proxy, "target": dataset, "budget": policy.budget.name, "seed": policy.search.seed,
+        "proxy": policy.search.proxy, "proxy_subset": policy.search.proxy_subset, "target": dataset, "budget": policy.budget.name, "seed": policy.search.seed,
         "candidates": policy.candidates.model_dump(), "search_hparams": policy.search.hparams,
         "finetune": {k: ft[k] for k in ("epochs", "lr", "batch_size", "subset", "seed", "weight_decay")},
         "fp": {k: fp_meta[k] for k in ("arch", "dataset", "input_size", "width", "epochs", "subset", "seed")},

@@ -56,6 +56,8 @@ class SearchInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     proxy: str
     seed: int
+    proxy_dataset: str | None = None
+    proxy_subset: int | None = None  # images of the proxy's train split the search saw (None: all)
     epochs: float = 0
     hparams: dict[str, Any] = Field(default_factory=dict)
     wall_s: float = 0.0

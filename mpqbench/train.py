@@ -72,8 +72,8 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"epochs must be >= 1, got {self.epochs}; pass a positive --epochs")
+        if self.epochs < 0:
+            raise UserError(f"epochs must be >= 0, got {self.epochs}; pass --epochs 0 (evaluate only) or more")
         if not self.lr > 0:
             raise UserError(f"learning rate must be > 0, got {self.lr}; pass a positive --lr")
         if self.batch_size < 1:

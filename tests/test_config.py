@@ -56,8 +56,8 @@ def test_default_suite_grid():
     assert cfg.proxies["fashion-mnist-subset"].subset == 1437
     # the ablations on one budget, with the switches of methods.md
     assert by_method["asga-sam"] == by_method["asga-sam-align"] == {("w3a3", "digits")}
-    assert cfg.methods["asga-sam"].hparams == {"align": False, "adaptive_rho": False}
-    assert cfg.methods["asga-sam-align"].hparams == {"adaptive_rho": False}
+    assert cfg.methods["asga-sam"].hparams == {"lr_alpha": 0.5, "align": False, "adaptive_rho": False}
+    assert cfg.methods["asga-sam-align"].hparams == {"lr_alpha": 0.5, "adaptive_rho": False}
     # the conventional reference searches on the target itself
     assert {p for _, p in by_method["edmips-target"]} == {"fashion-mnist"}
     assert cfg.proxies["fashion-mnist"].dataset == cfg.target.dataset
