@@ -242,14 +242,14 @@ class LsqQuantizer(nn.Module):
         self.step = nn.Parameter(torch.ones(channels if per_channel and channels else ()))
         self.register_buffer("signed", torch.tensor(bool(signed)))
         self.register_buffer("initialized", torch.tensor(False))
-        self._ready = False  # python mirror of the buffers, refreshed lazily (no device sync per forward)
+        self._signed, self._ready = bool(signed), False  # mirror of the buffers (no device sync per forward)
 
     @property
     def qrange(self) -> tuple[int, int]:
         return qrange(self.bits, self._signed)
 
     def extra_repr(self) -> str:
-        sign = {True: "signed", False: "unsigned"}.get(self._signed, "auto") if self._ready else "uninitialized"
+        sign = ("signed" if self._signed else "unsigned") if self._ready else "uninitialized"
         return f"bits={self.bits}, {sign}, per_channel={self.per_channel}"
 
     def _reduce_dims(self, v: Tensor) -> tuple[int, ...] | None:
@@ -273,7 +273,10 @@ class LsqQuantizer(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(step)
             step /= dist.get_world_size()
-        self.step.data = step  # same Parameter object, so optimisers built before the first batch stay valid
+        if step.shape == self.step.shape:
+            self.step.copy_(step)
+        else:  # per-channel step whose channel count was unknown: resize, keeping the Parameter object
+            self.step.data = step
         self.initialized.fill_(True)
         self._sync()
 
@@ -320,6 +323,8 @@ def lsq_mix(v: Tensor, quantizers: Sequence[LsqQuantizer], probs: Tensor) -> Ten
 
 def quant_error_sq(weight: Tensor, bits: int) -> float:
     """‖Q_b(W) − W‖² with a signed per-tensor LSQ quantizer at its data-initialised step (no training)."""
+    if bits < 2:
+        raise ValueError(f"signed weight quantization needs at least 2 bits, got {bits}")
     w = weight.detach().float()
     qn, qp = qrange(bits, True)
     s = init_step(w, qp)
