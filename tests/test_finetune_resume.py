@@ -1,0 +1,62 @@
+"""A QAT fine-tune (quantized ResNet-20 with learnable LSQ steps) killed after an epoch and resumed ends
+with exactly the weights and steps of an uninterrupted run (CPU, fixed seed)."""
+
+import pytest
+import torch
+
+import mpqbench.train as train_mod
+from mpqbench.data import TensorImageDataset
+from mpqbench.models import get_model, searchable_layer_names
+from mpqbench.pipeline import calibrate
+from mpqbench.quant import quantize_model
+from mpqbench.train import TrainConfig, train
+
+
+class _Killed(Exception):
+    pass
+
+
+def _data() -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 3
+    x = torch.rand(40, 3, 8, 8, generator=g) * 0.3
+    x[torch.arange(40), y] += 0.7
+    return TensorImageDataset(x, y, mean=(0.5,) * 3, std=(0.25,) * 3, classes=("a", "b", "c"), crop_pad_px=1, flip=True)
+
+
+def _quantized(ds, init_seed: int) -> torch.nn.Module:
+    torch.manual_seed(init_seed)
+    fp = get_model("resnet20", num_classes=3, in_channels=3, input_size=8, width=0.25)
+    torch.manual_seed(0)  # the "FP checkpoint": identical start weights for every run
+    fp.load_state_dict(get_model("resnet20", num_classes=3, in_channels=3, input_size=8, width=0.25).state_dict())
+    bits = {n: (3, 2) for n in searchable_layer_names(fp)} | {"conv1": (8, 8), "fc": (8, 8)}
+    model = quantize_model(fp, bits)
+    calibrate(model, ds, batch_size=16, seed=0)
+    return model
+
+
+def test_quantized_finetune_kill_and_resume(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    ds = _data()
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=16, seed=0, device="cpu")
+    reference = _quantized(ds, 1)
+    train(reference, ds, cfg, ckpt_path=tmp_path / "ref.pt", progress=False)
+
+    real_save = train_mod.torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise _Killed
+
+    monkeypatch.setattr(train_mod, "torch_save", save_then_die)
+    with pytest.raises(_Killed):
+        train(_quantized(ds, 1), ds, cfg, ckpt_path=tmp_path / "run.pt", progress=False)
+    monkeypatch.setattr(train_mod, "torch_save", real_save)
+
+    torch.manual_seed(999)
+    resumed = _quantized(ds, 5)
+    train(resumed, ds, cfg, ckpt_path=tmp_path / "run.pt", progress=False)
+    ref_state, res_state = reference.state_dict(), resumed.state_dict()
+    assert any("step" in k for k in ref_state), "the quantized model has LSQ steps"
+    for name, value in ref_state.items():
+        assert torch.equal(value, res_state[name]), name

@@ -1,0 +1,53 @@
+"""The shared differentiable search checkpoints every epoch and a killed search resumes to the same result."""
+
+import pytest
+import torch
+
+import mpqbench.search.differentiable as diff_mod
+from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.data import load_split, subset
+from mpqbench.search import SearchContext, get_method
+
+
+class _Killed(Exception):
+    pass
+
+
+def _ctx(work_dir, meter) -> SearchContext:
+    cost = arch_cost("resnet20", input_size=8, num_classes=10, in_channels=1, width=0.25)
+    ds = subset(load_split("digits", "train", input_size=8), count=96, seed=0)
+    return SearchContext(
+        arch="resnet20", proxy="digits", proxy_train=ds, num_classes=10, in_channels=1, input_size=8, width=0.25,
+        target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed), budget_name="w3a3",
+        budget_bitops_g=sum(cost.macs[n] * 9 for n in cost.searchable) / 1e9, w_candidates=[2, 3, 4],
+        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=meter, progress=False, work_dir=work_dir,
+    )
+
+
+@pytest.mark.parametrize("method", ["edmips", "asga"])
+def test_search_kill_and_resume(tmp_path, monkeypatch, method):
+    torch.set_num_threads(1)
+    cls = get_method(method)
+    hp = cls.Hparams(epochs=3, batch_size=32, lr_alpha=0.5)
+    ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
+
+    (tmp_path / "run").mkdir()
+    real_save = diff_mod.torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise _Killed
+
+    monkeypatch.setattr(diff_mod, "torch_save", save_then_die)
+    with pytest.raises(_Killed):
+        cls().search(_ctx(tmp_path / "run", SearchCostMeter()), hp)
+    monkeypatch.setattr(diff_mod, "torch_save", real_save)
+    assert (tmp_path / "run" / f"search-{method}.ckpt").exists()
+
+    torch.manual_seed(4321)
+    meter = SearchCostMeter()
+    resumed = cls().search(_ctx(tmp_path / "run", meter), hp)
+    assert resumed.layers == ref.layers
+    assert resumed.extra["probs"] == ref.extra["probs"]
+    assert meter.steps == 9 and meter.macs_processed > 0  # 3 epochs × 3 steps, counted across the kill
+    assert not (tmp_path / "run" / f"search-{method}.ckpt").exists(), "a finished search removes its checkpoint"
