@@ -4,6 +4,8 @@
 
 
 rule pretrain_target:
+    # the longest job and on the path of every fine-tune: start it first
+    priority: 50
     input:
         ancient(DATA_CHECK),
     output:
@@ -27,6 +29,8 @@ rule pretrain_target:
 
 
 rule pretrain_proxy:
+    # the teacher gates gmpq, gmpq-asga and hawq searches
+    priority: 40
     input:
         ancient(DATA_CHECK),
     output:
