@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from mpqbench.errors import UserError
 from mpqbench.quant import (LsqQuantizer, MixedConv2d, MixedLinear, QConv2d, QLinear, arch_parameters,
@@ -279,8 +280,11 @@ def test_compiled_backend_matches_eager(lsq_backend, bounds):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a compile failure would silently test eager vs eager
         compiled = _run("compiled", v, steps, probs, bounds, grad_scales)
-    for a, b in zip(compiled, _run("eager", v, steps, probs, bounds, grad_scales)):
+        with FlopCounterMode(display=False):  # SearchCostMeter's counted step: same kernels, same bits
+            counted = _run("compiled", v, steps, probs, bounds, grad_scales)
+    for a, b, c in zip(compiled, _run("eager", v, steps, probs, bounds, grad_scales), counted):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a, c)
 
 
 def test_compiled_backend_falls_back_to_eager(lsq_backend, monkeypatch):

@@ -157,14 +157,31 @@ def _fused_backward(v: Tensor, grad: Tensor, steps: Tensor, probs: Tensor | None
 _compiled: dict[str, object] = {}
 
 
+def _use_compiled(steps: Tensor) -> bool:
+    return _BACKEND == "compiled" and steps.dim() == 1  # per-tensor steps only
+
+
 def _compiled_call(name: str, *args):
-    """Run the torch.compile'd `_fused_<name>`; on any failure warn, switch to the eager backend, return None."""
+    """Run the torch.compile'd `_fused_<name>`, or return None for the caller to run the eager kernels.
+
+    Under FlopCounterMode (SearchCostMeter's first step) the compiled kernel still runs, with the mode
+    paused — it counts no elementwise op — so a step's numerics never depend on whether it was counted
+    (bitwise-identical resumes). Under any other dispatch mode (fake tensors, tracing) the eager kernels
+    run. A compile failure warns once and switches the backend to eager for good.
+    """
     global _BACKEND
     try:
+        from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode_stack
+        from torch.utils.flop_counter import _FlopCounterMode
+
+        if not all(isinstance(m, _FlopCounterMode) for m in _get_current_dispatch_mode_stack()):
+            return None
         if name not in _compiled:
             _compiled[name] = torch.compile(globals()[f"_fused_{name}"], dynamic=True, fullgraph=True)
-        return _compiled[name](*args)
-    except Exception as err:  # no C++ compiler / Triton, unsupported op or platform: keep training, eagerly
+        with _disable_current_modes():
+            # detached inputs: no autograd metadata to guard on or for dynamo to warn about
+            return _compiled[name](*(a.detach() if isinstance(a, Tensor) else a for a in args))
+    except Exception as err:  # no C++ compiler / Triton, unsupported op, platform or torch version
         warnings.warn(f"torch.compile of the LSQ kernels failed ({type(err).__name__}: {err}); "
                       "using the eager LSQ backend")
         _BACKEND = "eager"
@@ -181,7 +198,7 @@ class _LsqMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_scales) -> Tensor:
         out = None
-        if _BACKEND == "compiled" and steps.dim() == 1:
+        if _use_compiled(steps):
             out = _compiled_call("forward", v, steps, probs, bounds)
         if out is None:
             out = _eager_forward(v, steps, probs, bounds)
@@ -195,7 +212,7 @@ class _LsqMix(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
             return _reference_backward(ctx, grad, v, steps, probs)
         res = None
-        if _BACKEND == "compiled" and steps.dim() == 1:
+        if _use_compiled(steps):
             res = _compiled_call("backward", v, grad, steps, probs, ctx.bounds)
         dv, ds, gq = res if res is not None else _eager_backward(v, grad, steps, probs, ctx.bounds)
         shape = (-1,) + (1,) * (steps.dim() - 1)
