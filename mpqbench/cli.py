@@ -89,6 +89,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """The one command that downloads data, and only what it is asked for."""
+    from mpqbench.data import dataset_info, load_split
+
+    for split in ("train", "test"):
+        load_split(args.dataset, split, root=args.data_root, input_size=dataset_info(args.dataset, root=args.data_root).native_size,
+                   download=True)
+    print(f"{args.dataset}: present (train and test)")
+    return 0
+
+
 def cmd_complexity(args: argparse.Namespace) -> int:
     from mpqbench.cost import complexity_report
     from mpqbench.policy import Policy
@@ -199,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("download", help="download a dataset that torchvision can fetch (the only command that downloads)")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("complexity", help="MACs, BitOPs and size of an arch under a policy")
     p.add_argument("--arch", required=True)

@@ -470,7 +470,7 @@ class FashionMnist(_InMemorySource):
         return all(self._file(where, stem) for pair in self.FILES.values() for stem in pair)
 
     def how_to_get(self, root: Path) -> str:
-        fetch = _torchvision_command("FashionMNIST", root)
+        fetch = f"mpqbench download --dataset fashion-mnist --data-root {root}"
         return f"install it with `{FASHION_MNIST_APT}` or download it with `{fetch}`"
 
     def download(self, root: Path) -> None:
@@ -538,7 +538,7 @@ class Cifar10(_InMemorySource):
         return all((where / f).is_file() for files in self.FILES.values() for f in files)
 
     def how_to_get(self, root: Path) -> str:
-        return f"get it with `{_torchvision_command('CIFAR10', root)}`"
+        return f"get it with `mpqbench download --dataset cifar10 --data-root {root}`"
 
     def download(self, root: Path) -> None:
         _torchvision_download("CIFAR10", root, self.title)  # fetches both splits

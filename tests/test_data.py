@@ -322,8 +322,8 @@ def test_missing_data_messages_name_the_command(tmp_path, no_debian_fmnist):
         load_split("fashion-mnist", "train", root=tmp_path, input_size=28)
     msg = str(err.value)
     assert "apt-get install -y dataset-fashion-mnist" in msg and str(tmp_path) in msg and "\n" not in msg
-    assert f"torchvision.datasets.FashionMNIST('{tmp_path}', download=True)" in msg
-    with pytest.raises(UserError, match=r"torchvision\.datasets\.CIFAR10\("):
+    assert f"mpqbench download --dataset fashion-mnist --data-root {tmp_path}" in msg
+    with pytest.raises(UserError, match=r"mpqbench download --dataset cifar10 --data-root"):
         load_split("cifar10", "train", root=tmp_path, input_size=32)
     with pytest.raises(UserError, match=r"torchvision\.datasets\.Flowers102\("):
         load_split("flowers102", "train", root=tmp_path, input_size=32)
