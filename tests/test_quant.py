@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import shutil
 import warnings
 
 import pytest
@@ -267,6 +268,7 @@ def _run(backend: str, v, steps, probs, bounds, grad_scales):
         set_backend(old)
 
 
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor on CPU needs a C++ compiler")
 @pytest.mark.parametrize("bounds", [((0, 7),), ((-4, 3), (-8, 7), (-128, 127))])
 def test_compiled_backend_matches_eager(lsq_backend, bounds):
     if lsq_backend == "reference":

@@ -215,12 +215,11 @@ class _LsqMix(torch.autograd.Function):
         if _use_compiled(steps):
             res = _compiled_call("backward", v, grad, steps, probs, ctx.bounds)
         dv, ds, gq = res if res is not None else _eager_backward(v, grad, steps, probs, ctx.bounds)
-        shape = (-1,) + (1,) * (steps.dim() - 1)
-        scale = steps.new_tensor(ctx.grad_scales).view(shape)
+        dsteps = torch.stack([d * g for d, g in zip(ds, ctx.grad_scales)])  # LSQ gradient scale (host floats)
         if probs is None:
-            return dv, ds * scale, None, None, None
-        p = probs.view(shape)
-        return dv, ds * scale * p, (gq * steps).reshape(len(ctx.bounds), -1).sum(1), None, None
+            return dv, dsteps, None, None, None
+        p = probs.view((-1,) + (1,) * (steps.dim() - 1))
+        return dv, dsteps * p, (gq * steps).reshape(len(ctx.bounds), -1).sum(1), None, None
 
 
 def _reference_backward(ctx, grad: Tensor, v: Tensor, steps: Tensor, probs: Tensor | None):
