@@ -226,6 +226,8 @@ CASES: dict[str, Case] = {
     "evaluate-missing-data": (lambda i, o: [*EVALUATE[:4], "--dataset", "cifar10", "--data-root", i["empty"], "--policy", i["policy"],
                                             "--fp", i["fp_cifar10"], "--ckpt", i["q_cifar10"], "--out", o / "r.json"],
                               lambda o: [o / "r.json"], r"CIFAR-10"),
+    "download-unknown-dataset": (lambda i, o: ["download", "--dataset", "mnist-9", "--data-root", o / "root"],
+                                 lambda o: [o / "root"], r"unknown dataset 'mnist-9'"),
     "aggregate-no-records": (lambda i, o: ["aggregate", "--runs", i["empty"], "--out-dir", o / "results"],
                              lambda o: [o / "results"], r"no run records"),
 }
@@ -318,7 +320,7 @@ def test_info_text_mentions_missing_dataset_command_for_the_given_root(tmp_path,
     assert rc == 0
     assert "resnet20" in out and "edmips" in out
     cifar = next(line for line in out.splitlines() if line.strip().startswith("cifar10"))
-    assert "missing" in cifar and "CIFAR10" in cifar
+    assert "missing" in cifar and re.search(r"`[^`]+`", cifar), "a missing dataset names the command that gets it"
     assert str(root) in cifar, "info must report datasets under --data-root, not the default root"
 
 
