@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,46 +30,40 @@ def conv_like(cls: type[nn.Module], module: nn.Module, **extra) -> nn.Module:
     new.train(module.training)
     return new
 
+Q = TypeVar("Q", bound="_Quantized")
+
 
 class _Quantized:
-    """Mixin: attaches `act_quant` / `weight_quant` for `w_bits` / `a_bits`."""
+    """Mixin over nn.Conv2d / nn.Linear: `act_quant` / `weight_quant` for `w_bits` / `a_bits`.
 
-    def _attach(self, w_bits: int, a_bits: int, w_per_channel: bool) -> None:
+    Constructor = the FP layer's arguments plus keywords w_bits, a_bits, w_per_channel.
+    """
+
+    def __init__(self, *args, w_bits: int = 8, a_bits: int = 8, w_per_channel: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.w_bits, self.a_bits = w_bits, a_bits
-        out = self.weight.shape[0]
         self.act_quant = LsqQuantizer(a_bits)
-        self.weight_quant = LsqQuantizer(w_bits, signed=True, per_channel=w_per_channel, channels=out)
+        self.weight_quant = LsqQuantizer(w_bits, signed=True, per_channel=w_per_channel, channels=self.weight.shape[0])
         self.to(self.weight.device)
+
+    @classmethod
+    def from_float(cls: type[Q], module: nn.Module, w_bits: int, a_bits: int, *, w_per_channel: bool = True) -> Q:
+        """A quantized copy of `module` (same geometry, copied FP weight/bias) at (w_bits, a_bits)."""
+        return conv_like(cls, module, w_bits=w_bits, a_bits=a_bits, w_per_channel=w_per_channel)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
 
 
 class QConv2d(_Quantized, nn.Conv2d):
-    """nn.Conv2d on LSQ-quantized input and weight. Extra keywords: w_bits, a_bits, w_per_channel."""
-
-    def __init__(self, *args, w_bits: int = 8, a_bits: int = 8, w_per_channel: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(w_bits, a_bits, w_per_channel)
+    """nn.Conv2d on LSQ-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
 
-    @classmethod
-    def from_float(cls, module: nn.Conv2d, w_bits: int, a_bits: int, *, w_per_channel: bool = True) -> QConv2d:
-        return conv_like(cls, module, w_bits=w_bits, a_bits=a_bits, w_per_channel=w_per_channel)
-
 
 class QLinear(_Quantized, nn.Linear):
-    """nn.Linear on LSQ-quantized input and weight. Extra keywords: w_bits, a_bits, w_per_channel."""
-
-    def __init__(self, *args, w_bits: int = 8, a_bits: int = 8, w_per_channel: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(w_bits, a_bits, w_per_channel)
+    """nn.Linear on LSQ-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
-
-    @classmethod
-    def from_float(cls, module: nn.Linear, w_bits: int, a_bits: int, *, w_per_channel: bool = True) -> QLinear:
-        return conv_like(cls, module, w_bits=w_bits, a_bits=a_bits, w_per_channel=w_per_channel)

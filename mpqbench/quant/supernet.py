@@ -3,10 +3,13 @@
 Forward of a searchable layer with weight candidates B_w (logits α_w) and activation candidates B_a (α_a):
     x̃ = Σ_i softmax(α_a)_i · Q_a,i(x),   W̃ = Σ_j softmax(α_w)_j · Q_w,j(W),   y = conv(x̃, W̃)
 — one shared FP weight, one LSQ quantizer (own learnable step) per candidate, and ONE convolution with the
-mixed weight. Both mixtures run as one fused pass over the tensor (see `lsq_mix`).
+mixed weight. Each mixture is one autograd node (`lsq_mix`): candidates computed in shared buffers, or in
+one fused kernel with the compiled backend; the backward recomputes them instead of storing K copies.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -16,21 +19,35 @@ from torch import Tensor
 from mpqbench.quant.layers import conv_like
 from mpqbench.quant.lsq import LsqQuantizer, lsq_mix
 
+M = TypeVar("M", bound="_Mixed")
+
 
 class _Mixed:
-    """Mixin: candidates, logits `alpha_w` [len(w_candidates)] / `alpha_a` [len(a_candidates)], quantizers."""
+    """Mixin over nn.Conv2d / nn.Linear: candidates, logits `alpha_w` [len(w_candidates)] / `alpha_a`
+    [len(a_candidates)] (zeros: uniform softmax), one LSQ quantizer per candidate.
 
-    def _attach(self, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool) -> None:
+    Constructor = the FP layer's arguments plus keywords w_candidates, a_candidates, w_per_channel.
+    """
+
+    def __init__(self, *args, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool = True,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         assert w_candidates and a_candidates, "need at least one weight and one activation candidate"
         self.w_candidates, self.a_candidates = list(w_candidates), list(a_candidates)
-        out = self.weight.shape[0]
         dev = self.weight.device
         self.alpha_w = nn.Parameter(torch.zeros(len(w_candidates), device=dev))
         self.alpha_a = nn.Parameter(torch.zeros(len(a_candidates), device=dev))
         self.act_quants = nn.ModuleList(LsqQuantizer(b) for b in a_candidates)
-        self.weight_quants = nn.ModuleList(
-            LsqQuantizer(b, signed=True, per_channel=w_per_channel, channels=out) for b in w_candidates)
+        self.weight_quants = nn.ModuleList(LsqQuantizer(b, signed=True, per_channel=w_per_channel,
+                                                        channels=self.weight.shape[0]) for b in w_candidates)
         self.to(dev)
+
+    @classmethod
+    def from_float(cls: type[M], module: nn.Module, w_candidates: list[int], a_candidates: list[int], *,
+                   w_per_channel: bool = True) -> M:
+        """A supernet copy of `module` (same geometry, copied FP weight/bias) over the candidates."""
+        return conv_like(cls, module, w_candidates=w_candidates, a_candidates=a_candidates,
+                         w_per_channel=w_per_channel)
 
     def mixed_input(self, x: Tensor) -> Tensor:
         return lsq_mix(x, self.act_quants, self.alpha_a.softmax(0))
@@ -53,36 +70,14 @@ class _Mixed:
 
 
 class MixedConv2d(_Mixed, nn.Conv2d):
-    """Supernet nn.Conv2d. Extra keywords: w_candidates, a_candidates, w_per_channel."""
-
-    def __init__(self, *args, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool = True,
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(w_candidates, a_candidates, w_per_channel)
+    """Supernet nn.Conv2d: conv(Σ softmax(α_a)·Q_a(x), Σ softmax(α_w)·Q_w(W))."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.mixed_input(x), self.mixed_weight(), self.bias)
 
-    @classmethod
-    def from_float(cls, module: nn.Conv2d, w_candidates: list[int], a_candidates: list[int], *,
-                   w_per_channel: bool = True) -> MixedConv2d:
-        return conv_like(cls, module, w_candidates=w_candidates, a_candidates=a_candidates,
-                         w_per_channel=w_per_channel)
-
 
 class MixedLinear(_Mixed, nn.Linear):
-    """Supernet nn.Linear. Extra keywords: w_candidates, a_candidates, w_per_channel."""
-
-    def __init__(self, *args, w_candidates: list[int], a_candidates: list[int], w_per_channel: bool = True,
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._attach(w_candidates, a_candidates, w_per_channel)
+    """Supernet nn.Linear: linear(Σ softmax(α_a)·Q_a(x), Σ softmax(α_w)·Q_w(W))."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.mixed_input(x), self.mixed_weight(), self.bias)
-
-    @classmethod
-    def from_float(cls, module: nn.Linear, w_candidates: list[int], a_candidates: list[int], *,
-                   w_per_channel: bool = True) -> MixedLinear:
-        return conv_like(cls, module, w_candidates=w_candidates, a_candidates=a_candidates,
-                         w_per_channel=w_per_channel)
