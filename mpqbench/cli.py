@@ -105,7 +105,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     from mpqbench.policy import Policy
 
     policy: Any = args.policy
-    if args.policy.endswith(".json"):
+    if args.policy.endswith(".json") or Path(args.policy).is_file():
         p = Policy.load(args.policy)
         policy = p.bits()
     report = complexity_report(args.arch, input_size=args.input_size, num_classes=args.num_classes,
@@ -202,9 +202,17 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------------------
+class _OneLineParser(argparse.ArgumentParser):
+    """Command-syntax errors end like every other user error: one line, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpqbench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _OneLineParser(prog="mpqbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
 
     p = sub.add_parser("info", help="versions, device, archs, methods, and which datasets are present")
     _common(p)

@@ -126,6 +126,8 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
                  suite: str, out: Path, device: str = "auto", batch_size: int = 512) -> dict[str, Any]:
     """Evaluate the fine-tuned model on the target test split and write its run record."""
     policy = Policy.load(policy_path)
+    if policy.search is None or policy.achieved is None:
+        raise UserError(f"{policy_path} has no search/achieved section; it was not written by `mpqbench search`")
     fp_meta = load_checkpoint(fp_path, "FP checkpoint")["meta"]
     ckpt = load_checkpoint(ckpt_path, "fine-tuned checkpoint")
     model = quantized_model(policy, fp_meta)
@@ -135,8 +137,6 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
         raise UserError(f"{ckpt_path} does not match the policy {policy_path}; fine-tune it again with this policy") from None
     test_ds = load_split(dataset, "test", root=data_root, input_size=fp_meta["input_size"])
     metrics = evaluate(model, test_ds, batch_size=batch_size, device=device)
-    if policy.search is None or policy.achieved is None:
-        raise UserError(f"{policy_path} has no search/achieved section; it was not written by `mpqbench search`")
     ft = ckpt["meta"]
     base_method = policy.search.hparams.get("method", policy.method)
     resolved = {

@@ -23,6 +23,18 @@ def bitops_g(layers: Mapping[str, tuple[int, int]], macs: Mapping[str, int]) -> 
     return _bitops_g(macs, layers)
 
 
+def check_feasible(names: list[str], macs: Mapping[str, int], budget_bitops_g: float,
+                   w_candidates: list[int], a_candidates: list[int], budget_name: str = "") -> None:
+    """UserError unless the lowest candidates everywhere meet the budget (checked before any search runs)."""
+    w, a = min(w_candidates), min(a_candidates)
+    floor = bitops_g({n: (w, a) for n in names}, macs)
+    if floor > budget_bitops_g * (1 + 1e-9):
+        raise UserError(
+            f"budget {budget_name + ' = ' if budget_name else ''}{budget_bitops_g:.4g} GBitOPs is below the smallest policy the candidates allow "
+            f"({floor:.4g} GBitOPs at W{w}A{a}); choose a larger budget or lower bit candidates"
+        )
+
+
 def repair_to_budget(
     layers: Mapping[str, tuple[int, int]],
     macs: Mapping[str, int],
@@ -34,12 +46,7 @@ def repair_to_budget(
     """Return ``(layers meeting the budget, whether anything changed)``; UserError if impossible."""
     out = {n: (int(w), int(a)) for n, (w, a) in layers.items()}
     ws, as_ = sorted(w_candidates), sorted(a_candidates)
-    floor = bitops_g({n: (ws[0], as_[0]) for n in out}, macs)
-    if floor > budget_bitops_g * (1 + 1e-9):
-        raise UserError(
-            f"budget {budget_bitops_g:.4g} GBitOPs is below the smallest policy the candidates allow "
-            f"({floor:.4g} GBitOPs at W{ws[0]}A{as_[0]}); choose a larger budget or lower bit candidates"
-        )
+    check_feasible(list(out), macs, budget_bitops_g, ws, as_)
     repaired = False
     while bitops_g(out, macs) > budget_bitops_g * (1 + 1e-9):
         best = None  # (score, index, name, kind, new_bits)

@@ -21,7 +21,7 @@ from mpqbench.models import get_model, searchable_layer_names
 from mpqbench.policy import Achieved, Budget, Candidates, LayerBits, Policy, SearchInfo
 from mpqbench.records import provenance
 from mpqbench.search import SearchContext, get_method
-from mpqbench.search.repair import repair_to_budget
+from mpqbench.search.repair import check_feasible, repair_to_budget
 from mpqbench.utils import resolve_device, seed_everything
 
 
@@ -81,6 +81,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
                                   width=req.width, data_root=req.data_root)
     tgt_macs, searchable, fixed = tgt_cost.macs, list(tgt_cost.searchable), list(tgt_cost.fixed)
     bitops_budget = budget_bitops_g(req.budget, tgt_macs, searchable)
+    check_feasible(searchable, tgt_macs, bitops_budget, req.w_candidates, req.a_candidates, req.budget)
 
     pinfo = dataset_info(req.proxy, root=req.data_root)
     p_size = req.proxy_input_size or pinfo.native_size
