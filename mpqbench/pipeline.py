@@ -19,7 +19,7 @@ from mpqbench.models import get_model
 from mpqbench.policy import Policy
 from mpqbench.records import RunRecord, env_info, git_info, record_relpath, run_id, utc_now
 from mpqbench.train import TrainConfig, evaluate, train
-from mpqbench.utils import torch_save, write_json
+from mpqbench.utils import seed_everything, torch_save, write_json
 
 
 def _resume_path(out: Path) -> Path:
@@ -55,6 +55,7 @@ def pretrain(*, arch: str, dataset: str, data_root: str | None, input_size: int 
     """Train the FP model of ``arch`` on ``dataset``; write ``out`` ({state_dict, meta}) and ``out``.json."""
     info = dataset_info(dataset, root=data_root)
     size = input_size or info.native_size
+    seed_everything(cfg.seed)  # the random init is part of the run: same seed, same FP model
     model = get_model(arch, num_classes=info.num_classes, in_channels=info.in_channels, input_size=size,
                       width=width, weights=weights)
     train_ds = _train_split(dataset, data_root, size, subset, cfg.seed)
