@@ -227,6 +227,8 @@ def train(
     ``history`` one dict per epoch (``epoch``, ``train_loss``, ``lr``, and ``val_top1``/``val_top5``/
     ``val_loss`` when ``val_ds`` is given).
     """
+    if cfg.epochs < 1:
+        raise UserError(f"training needs --epochs >= 1, got {cfg.epochs}")
     t0 = time.perf_counter()
     rt = _runtime(cfg.device)
     ckpt_path = Path(ckpt_path)

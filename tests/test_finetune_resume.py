@@ -1,8 +1,8 @@
 """A QAT fine-tune (quantized ResNet-20 with learnable LSQ steps) killed after an epoch and resumed ends
 with exactly the weights and steps of an uninterrupted run (CPU, fixed seed)."""
 
-import pytest
 import torch
+from killswitch import killed_after_first_save
 
 import mpqbench.train as train_mod
 from mpqbench.data import TensorImageDataset
@@ -10,10 +10,6 @@ from mpqbench.models import get_model, searchable_layer_names
 from mpqbench.pipeline import calibrate
 from mpqbench.quant import quantize_model
 from mpqbench.train import TrainConfig, train
-
-
-class _Killed(Exception):
-    pass
 
 
 def _data() -> TensorImageDataset:
@@ -42,16 +38,8 @@ def test_quantized_finetune_kill_and_resume(tmp_path, monkeypatch):
     reference = _quantized(ds, 1)
     train(reference, ds, cfg, ckpt_path=tmp_path / "ref.pt", progress=False)
 
-    real_save = train_mod.torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        raise _Killed
-
-    monkeypatch.setattr(train_mod, "torch_save", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_first_save(monkeypatch, train_mod):
         train(_quantized(ds, 1), ds, cfg, ckpt_path=tmp_path / "run.pt", progress=False)
-    monkeypatch.setattr(train_mod, "torch_save", real_save)
 
     torch.manual_seed(999)
     resumed = _quantized(ds, 5)

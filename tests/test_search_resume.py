@@ -2,15 +2,12 @@
 
 import pytest
 import torch
+from killswitch import killed_after_first_save
 
 import mpqbench.search.differentiable as diff_mod
 from mpqbench.cost import SearchCostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext, get_method
-
-
-class _Killed(Exception):
-    pass
 
 
 def _ctx(work_dir, meter) -> SearchContext:
@@ -32,16 +29,8 @@ def test_search_kill_and_resume(tmp_path, monkeypatch, method):
     ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
 
     (tmp_path / "run").mkdir()
-    real_save = diff_mod.torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        raise _Killed
-
-    monkeypatch.setattr(diff_mod, "torch_save", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_first_save(monkeypatch, diff_mod):
         cls().search(_ctx(tmp_path / "run", SearchCostMeter()), hp)
-    monkeypatch.setattr(diff_mod, "torch_save", real_save)
     assert (tmp_path / "run" / f"search-{method}.ckpt").exists()
 
     torch.manual_seed(4321)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 import socket
 import warnings
 
@@ -16,6 +17,7 @@ import mpqbench.train as train_mod
 from mpqbench.errors import UserError
 from mpqbench.data import TensorImageDataset
 from mpqbench.train import TrainConfig, cosine_factor, default_param_groups, evaluate, train
+from killswitch import killed_after_first_save
 
 # Forward MACs per sample of _mlp(): Linear(48, 16) + Linear(16, 3).
 MLP_MACS = 48 * 16 + 16 * 3
@@ -119,7 +121,9 @@ def test_weight_decay_groups_skip_bn_bias_and_steps() -> None:
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(UserError, match="epochs"):
-        _cfg(epochs=0)
+        _cfg(epochs=-1)
+    with pytest.raises(UserError, match="epochs >= 1"):  # a config of 0 epochs is for evaluate-only pretrain
+        train(_mlp(), _images(n=32), _cfg(epochs=0), ckpt_path=Path("/nonexistent/ck.pt"), progress=False)
     with pytest.raises(UserError, match="learning rate"):
         _cfg(lr=0.0)
 
@@ -162,10 +166,6 @@ def test_progress_is_silent_when_stderr_is_not_a_tty(tmp_path, capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_kill_and_resume_gives_identical_weights(tmp_path, monkeypatch) -> None:
     ds = _images(n=50)  # 50 = 3 full batches of 16 + a dropped partial one; augmentation on
     cfg = _cfg(epochs=3)
@@ -174,16 +174,8 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, monkeypatch) -> None:
     ref_stats = train(reference, ds, cfg, ckpt_path=tmp_path / "ref.pt", progress=False)
 
     # Run again and "kill" the process right after the epoch-1 checkpoint is on disk.
-    real_save = train_mod.torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        raise _Killed
-
-    monkeypatch.setattr(train_mod, "torch_save", save_then_die)
-    with pytest.raises(_Killed):
+    with killed_after_first_save(monkeypatch, train_mod):
         train(_mlp(seed=1), ds, cfg, ckpt_path=tmp_path / "run.pt", progress=False)
-    monkeypatch.setattr(train_mod, "torch_save", real_save)
     state = torch.load(tmp_path / "run.pt", weights_only=True)
     assert state["epoch"] == 1
 
