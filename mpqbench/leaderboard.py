@@ -615,7 +615,8 @@ def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "
     parts += ["--seed", row["seed"] if seed is None else seed]
     hparams = row.get("search_hparams")
     if isinstance(hparams, str) and hparams:
-        for k, v in sorted(json.loads(hparams).items()):
+        # "method" is the registered base method (already --method), not a hyper-parameter
+        for k, v in sorted((k, v) for k, v in json.loads(hparams).items() if k != "method"):
             v = _canonical_json(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else v
             parts += ["--hp", f"{k}={v}"]
     parts += ["--out", out]
