@@ -93,9 +93,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     """The one command that downloads data, and only what it is asked for."""
     from mpqbench.data import dataset_info, load_split
 
+    size = dataset_info(args.dataset, root=args.data_root).native_size
     for split in ("train", "test"):
-        load_split(args.dataset, split, root=args.data_root, input_size=dataset_info(args.dataset, root=args.data_root).native_size,
-                   download=True)
+        load_split(args.dataset, split, root=args.data_root, input_size=size, download=True)
     print(f"{args.dataset}: present (train and test)")
     return 0
 

@@ -8,7 +8,8 @@ import pytest
 from mpqbench.errors import UserError
 from mpqbench.models import get_model, searchable_layer_names
 from mpqbench.policy import Budget, Policy, fixed_bits_for, random_layers, transfer, uniform_layers
-from mpqbench.search.repair import bitops_g, repair_to_budget
+from mpqbench.cost import bitops_g
+from mpqbench.search.repair import repair_to_budget
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +106,16 @@ def test_random_layers_uses_candidates(proxy_model):
 def test_repair_meets_budget_and_prefers_cheap_moves():
     macs = {"a": 100, "b": 1000}
     layers = {"a": (4, 4), "b": (4, 4)}
-    budget = bitops_g({"a": (4, 4), "b": (3, 4)}, macs)  # exactly one step on b's weights fits
+    budget = bitops_g(macs, {"a": (4, 4), "b": (3, 4)})  # exactly one step on b's weights fits
     out, repaired = repair_to_budget(layers, macs, budget, [2, 3, 4], [2, 3, 4])
-    assert repaired and bitops_g(out, macs) <= budget
+    assert repaired and bitops_g(macs, out) <= budget
     # without preferences the largest saving goes first: one of b's bit-widths drops, a is untouched
     assert out["a"] == (4, 4) and sorted(out["b"]) == [3, 4]
 
     # with preferences, the move the method minds least (a's activations) is taken first
     prefs = {"a": {"w": {2: -9.0, 3: -9.0, 4: 0.0}, "a": {2: -0.1, 3: -0.01, 4: 0.0}},
              "b": {"w": {2: -9.0, 3: -9.0, 4: 0.0}, "a": {2: -9.0, 3: -9.0, 4: 0.0}}}
-    budget2 = bitops_g({"a": (4, 3), "b": (4, 4)}, macs)
+    budget2 = bitops_g(macs, {"a": (4, 3), "b": (4, 4)})
     out2, _ = repair_to_budget(layers, macs, budget2, [2, 3, 4], [2, 3, 4], preferences=prefs)
     assert out2 == {"a": (4, 3), "b": (4, 4)}
 

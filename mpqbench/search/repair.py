@@ -12,25 +12,22 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from mpqbench.cost import bitops_g as _bitops_g
+from mpqbench.cost import bitops_g
 from mpqbench.errors import UserError
 
 # name -> {"w": {bits: log_prob}, "a": {bits: log_prob}}
 Preferences = Mapping[str, Mapping[str, Mapping[int, float]]]
 
 
-def bitops_g(layers: Mapping[str, tuple[int, int]], macs: Mapping[str, int]) -> float:
-    return _bitops_g(macs, layers)
-
-
 def check_feasible(names: list[str], macs: Mapping[str, int], budget_bitops_g: float,
                    w_candidates: list[int], a_candidates: list[int], budget_name: str = "") -> None:
     """UserError unless the lowest candidates everywhere meet the budget (checked before any search runs)."""
     w, a = min(w_candidates), min(a_candidates)
-    floor = bitops_g({n: (w, a) for n in names}, macs)
+    floor = bitops_g(macs, {n: (w, a) for n in names})
     if floor > budget_bitops_g * (1 + 1e-9):
         raise UserError(
-            f"budget {budget_name + ' = ' if budget_name else ''}{budget_bitops_g:.4g} GBitOPs is below the smallest policy the candidates allow "
+            f"budget {budget_name + ' = ' if budget_name else ''}{budget_bitops_g:.4g} GBitOPs is below "
+            f"the smallest policy the candidates allow "
             f"({floor:.4g} GBitOPs at W{w}A{a}); choose a larger budget or lower bit candidates"
         )
 
@@ -48,7 +45,7 @@ def repair_to_budget(
     ws, as_ = sorted(w_candidates), sorted(a_candidates)
     check_feasible(list(out), macs, budget_bitops_g, ws, as_)
     repaired = False
-    while bitops_g(out, macs) > budget_bitops_g * (1 + 1e-9):
+    while bitops_g(macs, out) > budget_bitops_g * (1 + 1e-9):
         best = None  # (score, index, name, kind, new_bits)
         for idx, (name, (w, a)) in enumerate(out.items()):
             for kind, cur, cands, other in (("w", w, ws, a), ("a", a, as_, w)):
