@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from mpqbench.errors import UserError
 from mpqbench.registry import Registry
@@ -165,6 +163,8 @@ def torchvision_weights_path(arch: str, spec: str = "torchvision") -> Path:
     entry = spec.split(":", 1)[1] if ":" in spec else "IMAGENET1K_V1"
     if spec.split(":", 1)[0] != "torchvision":
         raise UserError(f"weights {spec!r}: expected a file path, 'torchvision' or 'torchvision:ENTRY'")
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(arch)
     except ValueError:
@@ -191,8 +191,32 @@ def _scale(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+class _CifarBasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock (same modules, names and forward), defined here so that building a
+    ResNet-20 does not import torchvision: every workflow job is its own process, and torchvision's import
+    (which pulls in torch._dynamo) costs more than a second in each."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)  # after conv2, as torchvision's
+        return self.relu(out + identity)
+
+
 class CifarResNet(nn.Module):
-    """ResNet-6n+2 for small images (He et al. 2016, §4.2) with torchvision's BasicBlock.
+    """ResNet-6n+2 for small images (He et al. 2016, §4.2) with torchvision's BasicBlock structure.
 
     Shortcuts that change shape are 1×1 conv + BN projections (option B), so every layer that carries
     weights is a Conv2d/Linear. Module names follow torchvision (``layer2.0.downsample.0``).
@@ -219,7 +243,7 @@ class CifarResNet(nn.Module):
                     downsample = nn.Sequential(
                         nn.Conv2d(inplanes, p, kernel_size=1, stride=s, bias=False), nn.BatchNorm2d(p)
                     )
-                layers.append(BasicBlock(inplanes, p, s, downsample))
+                layers.append(_CifarBasicBlock(inplanes, p, s, downsample))
                 inplanes = p
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3 = stages
@@ -235,26 +259,34 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-class _WidthResNet(ResNet):
-    """torchvision's ResNet with every stage's channel count scaled by ``width`` (1.0 = torchvision exactly)."""
+def _width_resnet(block_name: str, layers: list[int], *, num_classes: int, width: float) -> nn.Module:
+    """torchvision's ResNet with every stage's channel count scaled by ``width`` (1.0 = torchvision exactly).
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], *, num_classes: int, width: float):
-        self._width = width
-        self._stages_built = 0
-        super().__init__(block, layers, num_classes=num_classes)
-        if width != 1.0:  # the stem BN and the classifier follow the scaled stages
-            self.bn1 = nn.BatchNorm2d(self.layer1[0].conv1.in_channels)
-            self.fc = nn.Linear(_scale(512, width) * block.expansion, num_classes)
+    torchvision is imported here, not at module import, so that the ResNet-20 jobs never load it.
+    """
+    from torchvision.models import resnet as tv
 
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[override]
-        if self._stages_built == 0:  # the first stage's input is the (scaled) stem output
-            self.inplanes = _scale(self.inplanes, self._width)
-        self._stages_built += 1
-        return super()._make_layer(block, _scale(planes, self._width), blocks, stride, dilate)
+    class _WidthResNet(tv.ResNet):
+        def __init__(self) -> None:
+            self._width = width
+            self._stages_built = 0
+            block = getattr(tv, block_name)
+            super().__init__(block, layers, num_classes=num_classes)
+            if width != 1.0:  # the stem BN and the classifier follow the scaled stages
+                self.bn1 = nn.BatchNorm2d(self.layer1[0].conv1.in_channels)
+                self.fc = nn.Linear(_scale(512, width) * block.expansion, num_classes)
+
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[override]
+            if self._stages_built == 0:  # the first stage's input is the (scaled) stem output
+                self.inplanes = _scale(self.inplanes, self._width)
+            self._stages_built += 1
+            return super()._make_layer(block, _scale(planes, self._width), blocks, stride, dilate)
+
+    return _WidthResNet()
 
 
 def _resnet(block, layers, *, num_classes: int, in_channels: int, input_size: int, width: float) -> nn.Module:
-    model = _WidthResNet(block, layers, num_classes=num_classes, width=width)
+    model = _width_resnet(block, layers, num_classes=num_classes, width=width)
     stem_out = model.bn1.num_features
     if input_size <= CIFAR_STEM_MAX_INPUT:
         model.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
@@ -273,20 +305,22 @@ def resnet20(*, num_classes: int, in_channels: int = 3, input_size: int = 32, wi
 
 @register_model("resnet18")
 def resnet18(*, num_classes: int, in_channels: int = 3, input_size: int = 224, width: float = 1.0) -> nn.Module:
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels,
+    return _resnet("BasicBlock", [2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels,
                    input_size=input_size, width=width)
 
 
 @register_model("resnet50")
 def resnet50(*, num_classes: int, in_channels: int = 3, input_size: int = 224, width: float = 1.0) -> nn.Module:
     """torchvision ResNet-50 v1.5 (stride in the 3×3 conv)."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
+    return _resnet("Bottleneck", [3, 4, 6, 3], num_classes=num_classes, in_channels=in_channels,
                    input_size=input_size, width=width)
 
 
 @register_model("mobilenet_v2")
 def mobilenet_v2(*, num_classes: int, in_channels: int = 3, input_size: int = 224, width: float = 1.0) -> nn.Module:
     """torchvision MobileNetV2 (``width`` = its width_mult); stride-1 first conv for small inputs."""
+    import torchvision
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
     old = model.features[0][0]
     stride = 1 if input_size <= CIFAR_STEM_MAX_INPUT else 2

@@ -164,3 +164,35 @@ def test_torchvision_weights_from_hub_cache_into_cifar_variant(tmp_path, monkeyp
     # the stem has the same 3×3 shape in both variants, so it loads; only the stride differs
     assert torch.equal(model.features[0][0].weight, imagenet.features[0][0].weight)
     assert torch.equal(model.features[17].conv[0][0].weight, imagenet.features[17].conv[0][0].weight)
+
+
+def test_resnet20_block_computes_torchvision_basic_block():
+    """The local ResNet-20 block is torchvision's BasicBlock: same names, same init draws, same outputs."""
+    from torchvision.models.resnet import BasicBlock
+
+    from mpqbench.models import _CifarBasicBlock
+
+    for stride, down in ((1, False), (2, True)):
+        mk = (lambda: nn.Sequential(nn.Conv2d(8, 16, 1, stride=stride, bias=False), nn.BatchNorm2d(16))) if down else (lambda: None)
+        cin = 8 if down else 16
+        torch.manual_seed(0)
+        ours = _CifarBasicBlock(cin, 16, stride, mk())
+        torch.manual_seed(0)
+        theirs = BasicBlock(cin, 16, stride, mk())
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+        x = torch.randn(2, cin, 8, 8)
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_resnet20_jobs_do_not_import_torchvision():
+    """Each workflow job is a process; torchvision's import (and torch._dynamo's under it) is >1 s of each."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mpqbench.cli, mpqbench.pipeline, mpqbench.search.run\n"
+            "from mpqbench.models import get_model\n"
+            "get_model('resnet20', num_classes=10, in_channels=1, input_size=28)\n"
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
