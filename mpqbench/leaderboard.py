@@ -68,6 +68,15 @@ COLUMNS: dict[str, str] = {
     "search_device": "string",
     "search_repaired": "boolean",
     "search_hparams": "string",
+    "proxy_dataset": "string",
+    "proxy_subset": "Int64",
+    "proxy_input_size": "Int64",
+    "target_input_size": "Int64",
+    "width": "Float64",
+    "w_candidates": "string",
+    "a_candidates": "string",
+    "teacher_wall_s": "Float64",
+    "teacher_macs": "Float64",
     "finetune_epochs": "Float64",
     "finetune_wall_s": "Float64",
     "finetune_macs_processed": "Float64",
@@ -103,6 +112,13 @@ _FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "search_gpu_hours": ("search", "gpu_hours"),
     "search_device": ("search", "device"),
     "search_repaired": ("search", "repaired"),
+    "proxy_dataset": ("search", "proxy_dataset"),
+    "proxy_subset": ("search", "proxy_subset"),
+    "proxy_input_size": ("search", "proxy_input_size"),
+    "target_input_size": ("search", "target_input_size"),
+    "width": ("search", "width"),
+    "teacher_wall_s": ("search", "teacher_wall_s"),
+    "teacher_macs": ("search", "teacher_macs"),
     "finetune_epochs": ("finetune", "epochs"),
     "finetune_wall_s": ("finetune", "wall_s"),
     "finetune_macs_processed": ("finetune", "macs_processed"),
@@ -131,10 +147,11 @@ def resolve_results_dir(default: str | os.PathLike) -> Path:
 
 def record_relpath(rec: Mapping[str, Any]) -> str:
     """Canonical location of a record below the repository root (also its Snakemake target)."""
-    return (
-        f"results/runs/{rec['suite']}/{rec['arch']}/{rec['budget']['name']}/{rec['method']}/"
-        f"{rec['proxy']}-to-{rec['target']}-s{rec['seed']}.json"
-    )
+    from mpqbench import records
+
+    rel = records.record_relpath(suite=rec["suite"], arch=rec["arch"], budget=rec["budget"]["name"],
+                                 method=rec["method"], proxy=rec["proxy"], target=rec["target"], seed=rec["seed"])
+    return (Path("results") / rel).as_posix()
 
 
 def _is_number(v: Any) -> bool:
@@ -260,6 +277,9 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             row["cuda"] = str(row["cuda"])
         hparams = _get(rec, ("search", "hparams"))
         row["search_hparams"] = _canonical_json(hparams) if hparams is not None else None
+        for side in ("w", "a"):  # the candidate bit-widths the search chose from, e.g. "2,3,4"
+            cands = _get(rec, ("provenance", "resolved", "candidates", side))
+            row[f"{side}_candidates"] = ",".join(map(str, cands)) if isinstance(cands, list) else None
         row["n_layers"] = len(rec.get("layers") or {})
         row["record_path"] = record_relpath(rec)
         rows.append(row)
@@ -403,6 +423,8 @@ _MEAN_COLS = {
     "search_macs_processed": "search_macs_processed",
     "search_wall_s": "search_wall_s",
     "search_gpu_hours": "search_gpu_hours",
+    "teacher_macs": "teacher_macs",
+    "teacher_wall_s": "teacher_wall_s",
     "finetune_wall_s": "finetune_wall_s",
 }
 
@@ -481,12 +503,20 @@ def efficiency_gain(cost_baseline: float, cost_method: float) -> float:
     return cost_baseline / cost_method - 1.0
 
 
+def _with_teacher(row: Mapping[str, Any]) -> float:
+    teacher = row.get("teacher_macs")
+    teacher = 0.0 if teacher is None or teacher is pd.NA or not math.isfinite(float(teacher)) else float(teacher)
+    return float(row["search_macs_processed"]) + teacher
+
+
 def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED) -> pd.DataFrame:
     """Every (entry M with method in ``methods``) x (entry B of another method not in ``methods``)
     in the same group: ``gain_macs`` and ``gain_wall_s`` (cost_B / cost_M - 1, on mean search MACs
-    processed and mean search wall seconds) and ``top1_diff_pp`` (mean top-1 of M - of B)."""
+    processed and mean search wall seconds), ``gain_macs_with_teacher`` (the same on search MACs plus the
+    MACs of training the FP proxy teacher a method needs, GMPQ's and HAWQ's; records without the field
+    count 0) and ``top1_diff_pp`` (mean top-1 of M - of B)."""
     cols = GROUP + ["method", "proxy", "baseline", "baseline_proxy", "baseline_role", "gain_macs",
-                    "gain_wall_s", "top1_diff_pp", "top1_mean", "baseline_top1_mean",
+                    "gain_wall_s", "gain_macs_with_teacher", "top1_diff_pp", "top1_mean", "baseline_top1_mean",
                     "search_macs_processed", "baseline_search_macs_processed"]
     rows = []
     scored = ranked[ranked["n_seeds"] > 0] if len(ranked) else ranked
@@ -499,6 +529,7 @@ def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED)
                     "baseline": b["method"], "baseline_proxy": b["proxy"], "baseline_role": b["role"],
                     "gain_macs": efficiency_gain(b["search_macs_processed"], m["search_macs_processed"]),
                     "gain_wall_s": efficiency_gain(b["search_wall_s"], m["search_wall_s"]),
+                    "gain_macs_with_teacher": efficiency_gain(_with_teacher(b), _with_teacher(m)),
                     "top1_diff_pp": m["top1_mean"] - b["top1_mean"],
                     "top1_mean": m["top1_mean"], "baseline_top1_mean": b["top1_mean"],
                     "search_macs_processed": m["search_macs_processed"],
@@ -543,6 +574,7 @@ def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
         node.setdefault(f"{g['method']}@{g['proxy']}", {})[f"{g['baseline']}@{g['baseline_proxy']}"] = {
             "gain_macs": _clean(g["gain_macs"]),
             "gain_wall_s": _clean(g["gain_wall_s"]),
+            "gain_macs_with_teacher": _clean(g["gain_macs_with_teacher"]),
             "top1_diff_pp": _clean(g["top1_diff_pp"]),
         }
     return {
@@ -552,7 +584,8 @@ def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
                     f"top1_ci = half-width of the {confidence:.0%} Student-t interval of the mean",
             "rank": "within (suite, arch, target, budget) by mean top-1; ties share a rank",
             "gain": "cost_baseline / cost_method - 1 on mean search MACs processed (gain_macs) "
-                    "or mean search wall seconds (gain_wall_s)",
+                    "or mean search wall seconds (gain_wall_s); gain_macs_with_teacher adds the MACs of training "
+                    "the FP proxy teacher that gmpq, gmpq-asga and hawq need (teacher_macs)",
             "top1_diff_pp": "mean top-1 of method - mean top-1 of baseline, percentage points",
             "proposed": list(PROPOSED),
         },
@@ -599,26 +632,48 @@ def _shell_quote(v: Any) -> str:
     return s if re.fullmatch(r"[\w.,:/@%+=-]+", s) else "'" + s.replace("'", "'\\''") + "'"
 
 
+def _given(v: Any) -> bool:
+    return not (v is None or v is pd.NA or (isinstance(v, float) and v != v))
+
+
 def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "policy.json") -> dict[str, str]:
     """Commands that recreate one run, from a row of the flat frame: ``search`` (the policy search
-    alone: the recorded method, label, data, budget, seed and hyper-parameters; options that the suite
-    config sets but the record does not store, such as --proxy-subset or --width, are not restated)
-    and ``snakemake`` (the exact run: search, fine-tune and evaluate, producing the record file).
-    ``seed``/``out`` override the row's (used for loops over seeds)."""
+    alone, with every setting the record stores: method, label, proxy dataset, label and subset, input
+    sizes, width, candidates, budget, seed and hyper-parameters, plus ``--teacher`` for a method that
+    needs the FP proxy teacher) and ``snakemake`` (the exact run: search, fine-tune and evaluate,
+    producing the record file). ``seed``/``out`` override the row's (used for loops over seeds)."""
     base = row.get("base_method")
-    base = row["method"] if base is None or base is pd.NA or base != base else base
+    base = row["method"] if not _given(base) else base
     parts = ["mpqbench", "search", "--method", base]
     if base != row["method"]:
         parts += ["--label", row["method"]]
-    for opt in ("arch", "proxy", "target", "budget"):
-        parts += [f"--{opt}", row[opt]]
-    parts += ["--seed", row["seed"] if seed is None else seed]
+    parts += ["--arch", row["arch"]]
+    dataset = row.get("proxy_dataset")
+    if _given(dataset) and dataset != row["proxy"]:  # e.g. proxy label fashion-mnist-subset
+        parts += ["--proxy", dataset, "--proxy-label", row["proxy"]]
+    else:
+        parts += ["--proxy", row["proxy"]]
+    for col, opt in (("proxy_subset", "--proxy-subset"), ("proxy_input_size", "--proxy-input-size")):
+        if _given(row.get(col)):
+            parts += [opt, int(row[col])]
+    parts += ["--target", row["target"]]
+    if _given(row.get("target_input_size")):
+        parts += ["--target-input-size", int(row["target_input_size"])]
+    parts += ["--budget", row["budget"], "--seed", row["seed"] if seed is None else seed]
+    if _given(row.get("width")):
+        parts += ["--width", f"{float(row['width']):g}"]
+    for side in ("w", "a"):
+        if _given(row.get(f"{side}_candidates")):
+            parts += [f"--{side}-candidates", row[f"{side}_candidates"]]
     hparams = row.get("search_hparams")
     if isinstance(hparams, str) and hparams:
         # "method" is the registered base method (already --method), not a hyper-parameter
         for k, v in sorted((k, v) for k, v in json.loads(hparams).items() if k != "method"):
             v = _canonical_json(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else v
             parts += ["--hp", f"{k}={v}"]
+    teacher = row.get("teacher_macs")
+    if _given(teacher) and float(teacher) > 0:  # the FP teacher on the proxy that this method needs
+        parts += ["--teacher", f"work/{row['suite']}/teacher/{row['arch']}-{row['proxy']}.pt"]  # as the workflow makes it
     parts += ["--out", out]
     quoted = [p if str(p).startswith("$") or "$s" in str(p) else _shell_quote(p) for p in parts]
     return {

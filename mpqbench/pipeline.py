@@ -63,7 +63,7 @@ def pretrain(*, arch: str, dataset: str, data_root: str | None, input_size: int 
     # --epochs 0 takes the start weights as they are (e.g. torchvision's ImageNet weights in the paper suite)
     stats = (train(model, train_ds, cfg, ckpt_path=_resume_path(out), progress=progress) if cfg.epochs
              else {"wall_s": 0.0, "macs_processed": 0})
-    metrics = evaluate(model, test_ds, device=cfg.device)
+    metrics = evaluate(model, test_ds, batch_size=cfg.batch_size, device=cfg.device)
     meta = {"arch": arch, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
             "input_size": size, "width": width, "subset": subset, "epochs": cfg.epochs, "lr": cfg.lr,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "top1": metrics["top1"], "top5": metrics["top5"],

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
 from mpqbench.errors import UserError
 from mpqbench.utils import write_json
+
+if TYPE_CHECKING:  # torch is not needed to read, write or check a policy file
+    from torch import nn
 
 SCHEMA_VERSION = 1
 DEFAULT_CANDIDATES = (2, 3, 4)
@@ -58,6 +60,9 @@ class SearchInfo(BaseModel):
     seed: int
     proxy_dataset: str | None = None
     proxy_subset: int | None = None  # images of the proxy's train split the search saw (None: all)
+    proxy_input_size: int | None = None  # the proxy images' side in pixels (None: not recorded)
+    target_input_size: int | None = None  # the deployed model's input side, on which BitOPs are counted
+    width: float | None = None  # the arch's channel-width multiplier
     epochs: float = 0
     hparams: dict[str, Any] = Field(default_factory=dict)
     wall_s: float = 0.0
@@ -66,6 +71,11 @@ class SearchInfo(BaseModel):
     device: str = ""
     repaired: bool = False
     steps: int = 0
+    # the FP teacher pretrained on the proxy that the method needs before it can search (GMPQ, HAWQ):
+    # its training cost, read from the teacher checkpoint; 0 for methods without one. One teacher serves
+    # every budget and seed of its (arch, proxy), so it is reported beside the search cost, not inside it.
+    teacher_wall_s: float = 0.0
+    teacher_macs: float = 0.0
 
 
 class Policy(BaseModel):

@@ -13,14 +13,16 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mpqbench
 from mpqbench.errors import UserError
 from mpqbench.policy import Achieved, Budget, LayerBits, SearchInfo
+
+if TYPE_CHECKING:  # records are read (leaderboard, app) without torch
+    import torch
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +105,8 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 
 def env_info(device: torch.device | str) -> dict[str, Any]:
+    import torch
+
     from mpqbench.utils import device_name
 
     device = torch.device(device)
@@ -123,6 +127,8 @@ def utc_now() -> str:
 
 
 def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+    import torch
+
     g = git_info()
     return {
         "git_commit": g["commit"],

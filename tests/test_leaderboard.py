@@ -253,6 +253,21 @@ def test_efficiency_gains_by_hand(ranked):
     # proposed methods are not compared with each other; every w3a3 proposed entry meets the 7 others
     assert not (gains["baseline"].isin(lb.PROPOSED)).any()
     assert len(gains[(gains["arch"] == "resnet20") & (gains["budget"] == "w3a3")]) == 3 * 7
+    # the fixtures predate the teacher fields: missing teacher cost counts 0, so the gains agree
+    assert np.allclose(gains["gain_macs_with_teacher"], gains["gain_macs"], equal_nan=True)
+
+
+def test_gain_with_teacher_adds_the_proxy_teacher_training(ranked):
+    """gmpq and gmpq-asga train an FP teacher on the proxy first; asga does not."""
+    with_teacher = ranked.copy()
+    with_teacher["teacher_macs"] = np.where(with_teacher["method"].isin(["gmpq", "gmpq-asga"]), 2e12, 0.0)
+    key = lb.efficiency_gains(with_teacher).set_index(["arch", "budget", "method", "proxy", "baseline", "baseline_proxy"])
+    g = key.loc[("resnet20", "w3a3", "asga", "digits", "gmpq", "digits")]
+    assert (g["gain_macs"], g["gain_macs_with_teacher"]) == pytest.approx((1.0, (4e12 + 2e12) / 2e12 - 1))
+    g = key.loc[("resnet20", "w3a3", "gmpq-asga", "digits", "gmpq", "digits")]
+    assert g["gain_macs_with_teacher"] == pytest.approx((4e12 + 2e12) / (3e12 + 2e12) - 1)
+    g = key.loc[("resnet20", "w3a3", "gmpq-asga", "digits", "edmips", "digits")]
+    assert g["gain_macs_with_teacher"] == pytest.approx(1e12 / (3e12 + 2e12) - 1)
 
 
 # ------------------------------------------------------------------ summary.json
@@ -266,7 +281,7 @@ def test_summary_by_hand_and_json_safe(frame):
     assert (asga["rank"], asga["n_seeds"], asga["top1_mean"], asga["top1_std"]) == (3, 3, 89.0, 1.0)
     assert cell["entries"]["edmips@digits"]["n_failed"] == 1
     assert cell["gains"]["asga@digits"]["gmpq@digits"] == pytest.approx(
-        {"gain_macs": 1.0, "gain_wall_s": 1.0, "top1_diff_pp": 1.75})
+        {"gain_macs": 1.0, "gain_wall_s": 1.0, "gain_macs_with_teacher": 1.0, "top1_diff_pp": 1.75})
     assert cell["gains"]["gmpq-asga@digits"]["edmips-target@fashion-mnist"]["gain_macs"] == pytest.approx(2 / 3)
     one = s["groups"]["default"]["resnet20"]["fashion-mnist"]["w2a2"]["entries"]["asga@digits"]
     assert one["top1_ci"] is None
@@ -331,3 +346,32 @@ def test_load_published_rejects_bad_files(tmp_path):
     (tmp_path / "p.csv").write_text("method,arch\nx,y\n")
     with pytest.raises(UserError, match="lacks column"):
         lb.load_published(tmp_path / "p.csv")
+
+
+def test_reproduce_command_restates_every_recorded_search_setting():
+    """A subset-proxy, teacher-using run: the command parses with the real CLI into the recorded settings."""
+    import shlex
+
+    from mpqbench.cli import build_parser
+
+    row = {"suite": "default", "method": "gmpq-x", "base_method": "gmpq", "arch": "resnet20",
+           "proxy": "fashion-mnist-subset", "proxy_dataset": "fashion-mnist", "proxy_subset": 1437,
+           "proxy_input_size": 28, "target": "fashion-mnist", "target_input_size": 28, "budget": "w2.5a2.5",
+           "seed": 2, "width": 0.5, "w_candidates": "2,3,4", "a_candidates": "3,4", "teacher_macs": 1e12,
+           "search_hparams": json.dumps({"method": "gmpq", "epochs": 6, "lr_alpha": 0.5}),
+           "record_path": "results/runs/x.json"}
+    cmd = lb.reproduce_commands(row)["search"]
+    args = build_parser().parse_args(shlex.split(cmd)[1:])
+    assert (args.method, args.label, args.arch, args.proxy, args.proxy_label, args.proxy_subset) == (
+        "gmpq", "gmpq-x", "resnet20", "fashion-mnist", "fashion-mnist-subset", 1437)
+    assert (args.proxy_input_size, args.target, args.target_input_size, args.budget, args.seed, args.width) == (
+        28, "fashion-mnist", 28, "w2.5a2.5", 2, 0.5)
+    assert (list(args.w_candidates), list(args.a_candidates)) == ([2, 3, 4], [3, 4])
+    assert dict(args.hp) == {"epochs": 6, "lr_alpha": 0.5}
+    assert args.teacher == "work/default/teacher/resnet20-fashion-mnist-subset.pt"
+    # a row without the newer fields (older records) still gives a valid, shorter command
+    old = {k: v for k, v in row.items() if k not in ("proxy_dataset", "proxy_subset", "proxy_input_size",
+                                                    "target_input_size", "width", "w_candidates",
+                                                    "a_candidates", "teacher_macs")}
+    args = build_parser().parse_args(shlex.split(lb.reproduce_commands(old)["search"])[1:])
+    assert (args.proxy, args.proxy_label, args.teacher) == ("fashion-mnist-subset", None, None)

@@ -77,6 +77,12 @@ def test_method_contract(method, tmp_path, teacher):
     else:
         assert policy.search.macs_processed > 0
     assert policy.search.hparams["method"] == method
+    if get_method(method).needs_teacher:  # the proxy teacher's training, read from its checkpoint
+        meta = torch.load(teacher, weights_only=True)["meta"]
+        assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (meta["macs_processed"], meta["wall_s"])
+        assert policy.search.teacher_macs > 0
+    else:
+        assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (0.0, 0.0)
     assert policy.provenance["git_commit"]
 
 

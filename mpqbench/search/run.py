@@ -77,7 +77,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         raise UserError(f"method {req.method} searches on the target itself; pass --proxy {req.target}")
     device = resolve_device(req.device)
 
-    tgt_cost, _ = target_geometry(req.arch, req.target, input_size=req.target_input_size,
+    tgt_cost, tgt_size = target_geometry(req.arch, req.target, input_size=req.target_input_size,
                                   width=req.width, data_root=req.data_root)
     tgt_macs, searchable, fixed = tgt_cost.macs, list(tgt_cost.searchable), list(tgt_cost.fixed)
     bitops_budget = budget_bitops_g(req.budget, tgt_macs, searchable)
@@ -102,6 +102,13 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
         device=device, meter=meter, teacher_ckpt=req.teacher, progress=req.progress, work_dir=req.work_dir,
     )
+    teacher_cost = {"teacher_wall_s": 0.0, "teacher_macs": 0.0}
+    if method_cls.needs_teacher:
+        from mpqbench.pipeline import load_checkpoint
+
+        tmeta = load_checkpoint(req.teacher, "FP teacher").get("meta", {})
+        teacher_cost = {"teacher_wall_s": float(tmeta.get("wall_s", 0.0)),
+                        "teacher_macs": float(tmeta.get("macs_processed", 0.0))}
     seed_everything(req.seed)
     t0 = time.perf_counter()
     outcome = method_cls().search(ctx, hp)
@@ -126,11 +133,12 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         achieved=Achieved(bitops_g_all=s.bitops_g_all, bitops_g_searchable=s.bitops_g_searchable,
                           size_mb=s.size_mb, avg_w_bits=s.avg_w_bits, avg_a_bits=s.avg_a_bits),
         search=SearchInfo(proxy=proxy_label, seed=req.seed, epochs=outcome.epochs, proxy_dataset=req.proxy,
-                          proxy_subset=req.proxy_subset,
+                          proxy_subset=req.proxy_subset, proxy_input_size=p_size, target_input_size=tgt_size,
+                          width=req.width,
                           hparams={"method": req.method, **hp.model_dump(mode="json")},
                           wall_s=max(wall_s, cost["wall_s"]), macs_processed=cost["macs_processed"],
                           gpu_hours=cost["gpu_hours"], device=cost["device"], steps=cost["steps"],
-                          repaired=outcome.repaired or repaired_now),
+                          repaired=outcome.repaired or repaired_now, **teacher_cost),
         provenance={**provenance(device), "search_extra": {k: v for k, v in outcome.extra.items() if k != "history"},
                     "history": outcome.extra.get("history", [])},
     )
