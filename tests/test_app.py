@@ -250,3 +250,24 @@ def test_budget_with_only_failed_runs(monkeypatch, tmp_path):
     df = board(at)
     assert df["Status"].tolist() == ["0 ok, 1 failed"] * 3 and df["Rank"].isna().all()
     assert any("No successful run" in i.value for i in at.info)
+
+
+def test_cost_measure_with_proxy_teacher(monkeypatch, tmp_path):
+    """gmpq trains a 2 TMAC teacher on the proxy first: ASGA's gain over it grows from +100% to +200%."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "results_small", results)
+    for path in (results / "runs").rglob("*.json"):
+        rec = json.loads(path.read_text())
+        if rec["method"] == "gmpq":
+            rec["search"]["teacher_macs"] = 2e12
+            path.write_text(json.dumps(rec))
+    (results / "leaderboard.csv").unlink(missing_ok=True)
+    at = run_app(monkeypatch, results)
+    at.radio(key="asga_proxy").set_value("digits").run()
+    assert metrics(at)["vs gmpq @ digits"] == ("+100%", "+1.75 pp top-1")
+    at.sidebar.radio(key="cost").set_value("macs_teacher").run()
+    assert not at.exception
+    assert metrics(at)["vs gmpq @ digits"] == ("+200%", "+1.75 pp top-1")  # (4 + 2) / 2 - 1
+    assert metrics(at)["vs edmips @ digits"][0] == "-50%"  # no teacher on either side
+    row = board(at).set_index("Method").loc["gmpq"]
+    assert row["Proxy teacher (TMAC)"] == pytest.approx(2.0)
