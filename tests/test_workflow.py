@@ -249,6 +249,8 @@ def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
 @pytest.mark.slow
 def test_dvc_repro_metrics_and_experiment_in_a_fresh_repo(tmp_path):
     repo = copy_tree(tmp_path / "repo", extra=("dvc.yaml", ".dvc", ".dvcignore", "mpqbench", "baselines"))
+    for local in ("cache", "tmp"):  # a clone has only .dvc's tracked files, not this checkout's run cache
+        shutil.rmtree(repo / ".dvc" / local, ignore_errors=True)
     (repo / ".gitignore").write_text("/work/\n/logs/\n/.snakemake/\n")
     env = stub_env(tmp_path)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
