@@ -1,4 +1,4 @@
-# mpqbench benchmark workflow: pretrain -> search -> QAT fine-tune -> evaluate -> aggregate.
+# mpqbench benchmark workflow: pretrain -> search -> QAT fine-tune -> evaluate -> aggregate -> figures.
 # Default suite: `snakemake --cores 2 all`; others: `--configfile config/smoke.yaml` / `config/paper.yaml`.
 # Rules call the `mpqbench` CLI; site specifics (cluster, GPUs) live in profiles/, never here.
 from snakemake.utils import min_version
@@ -20,12 +20,14 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
 
 
 localrules:
     all,
     check_data,
     aggregate,
+    figures,
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""``mpqbench`` command line: info, complexity, pretrain, search, finetune, evaluate, aggregate.
+"""``mpqbench`` command line: info, complexity, pretrain, search, finetune, evaluate, aggregate, figures.
 
 Every error a user can cause ends in one line ``error: <what is wrong; what to do>`` on stderr and
 exit status 2, without a traceback; outputs are written atomically, so a failed command leaves no
@@ -193,6 +193,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from mpqbench.pipeline import make_figures
+
+    paths = make_figures(runs_dir=Path(args.runs), out_dir=Path(args.out_dir))
+    print(f"{len(paths)} figures -> {args.out_dir}")
+    return 0
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import aggregate
 
@@ -292,8 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="derive leaderboard.csv, summary.json and figures from run records")
     p.add_argument("--runs", default="results/runs")
     p.add_argument("--out-dir", default="results")
-    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-figures", action="store_true", help="only the table and summary (the workflow's "
+                   "figures rule draws the figures)")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("figures", help="draw results/figures/*.png from run records")
+    p.add_argument("--runs", default="results/runs")
+    p.add_argument("--out-dir", default="results/figures")
+    p.set_defaults(func=cmd_figures)
     return parser
 
 

@@ -127,6 +127,7 @@ class ResourcesConfig(_Strict):
     finetune: RuleResources = Field(default_factory=RuleResources)
     evaluate: RuleResources = Field(default_factory=lambda: RuleResources(runtime=30))
     aggregate: RuleResources = Field(default_factory=lambda: RuleResources(mem_mb=1000, runtime=10))
+    figures: RuleResources = Field(default_factory=lambda: RuleResources(mem_mb=1000, runtime=10))
 
 
 class Run(NamedTuple):

@@ -169,19 +169,31 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
 
 
 # ---- aggregate ---------------------------------------------------------------------------------------------
-def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True) -> dict[str, Any]:
-    """results/leaderboard.csv, results/summary.json and results/figures/*.png from the run records."""
-    from mpqbench import leaderboard as lb
-
+def _load_records(runs_dir: Path) -> list[dict[str, Any]]:
     paths = sorted(runs_dir.rglob("*.json"))
     if not paths:
         raise UserError(f"no run records under {runs_dir}; run the workflow first (`snakemake --cores 2 all`)")
-    records = [RunRecord.load(p).model_dump(mode="json") for p in paths]
+    return [RunRecord.load(p).model_dump(mode="json") for p in paths]
+
+
+def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True) -> dict[str, Any]:
+    """results/leaderboard.csv and results/summary.json (and, unless ``figures`` is False,
+    results/figures/*.png) from the run records."""
+    from mpqbench import leaderboard as lb
+
+    records = _load_records(runs_dir)
     df = lb.records_to_frame(records)
     lb.write_leaderboard_csv(df, out_dir / "leaderboard.csv")
     write_json(out_dir / "summary.json", lb.summary(df))
     if figures:
-        from mpqbench.figures import write_figures
-
-        write_figures(df, records, out_dir / "figures")
+        make_figures(runs_dir=runs_dir, out_dir=out_dir / "figures", records=records)
     return {"records": len(records)}
+
+
+def make_figures(*, runs_dir: Path, out_dir: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:
+    """results/figures/*.png (Pareto, accuracy vs search cost, per-layer policy heatmaps) from the records."""
+    from mpqbench import leaderboard as lb
+    from mpqbench.figures import write_figures
+
+    records = _load_records(runs_dir) if records is None else records
+    return write_figures(lb.records_to_frame(records), records, out_dir)

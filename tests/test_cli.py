@@ -468,3 +468,11 @@ def test_end_to_end_pretrain_search_finetune_evaluate_aggregate(tmp_path, capsys
     assert rc == 0, err
     assert csv.read_bytes() == first
     assert not [p for p in results.rglob("*.tmp")], "temp files left by aggregate"
+
+    # The workflow's figures stage on its own: the same figure files as aggregate draws.
+    rc, out, err = run_cli(capsys, ["figures", "--runs", runs, "--out-dir", tmp_path / "figs"])
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "figs").glob("*.png")) == sorted(
+        p.name for p in (results / "figures").glob("*.png"))
+    rc, _, err = run_cli(capsys, ["figures", "--runs", tmp_path / "nothing", "--out-dir", tmp_path / "f2"])
+    assert rc == 2 and "no run records" in err and not (tmp_path / "f2").exists()

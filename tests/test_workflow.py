@@ -58,8 +58,10 @@ elif cmd == "aggregate":
     rows = "".join(f"{{r}},{{i}},{{90 + i / 100}},{{1e9 * (i + 1)}}\n" for i, r in enumerate(records))
     (out / "leaderboard.csv").write_text("record,bitops_g_all,top1_pct,search_macs_processed\n" + rows)
     (out / "summary.json").write_text(json.dumps({{"records": len(records)}}))
-    (out / "figures").mkdir(exist_ok=True)
-    (out / "figures" / "pareto.png").write_bytes(b"\x89PNG stub")
+elif cmd == "figures":
+    out = Path(opt("--out-dir"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pareto.png").write_bytes(b"\x89PNG stub")
 else:
     out = Path(opt("--out"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,7 @@ def expected_counts(suite_file: Path) -> dict[str, int]:
     cfg = load_suite(yaml.safe_load(suite_file.read_text()))
     n = len(cfg.runs())
     return {"check_data": 1, "pretrain_target": len(cfg.archs), "pretrain_proxy": len(cfg.teachers()),
-            "search": n, "finetune": n, "evaluate": n, "aggregate": 1, "all": 1}
+            "search": n, "finetune": n, "evaluate": n, "aggregate": 1, "figures": 1, "all": 1}
 
 
 def run_dvc(cwd: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -221,7 +223,7 @@ def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
     records = sorted((results / "runs" / "smoke").rglob("*.json"))
     assert len(records) == n
     assert (results / "leaderboard.csv").exists() and (results / "figures" / "pareto.png").exists()
-    for log in ("check_data.log", "aggregate.log"):
+    for log in ("check_data.log", "aggregate.log", "figures.log"):
         assert (tmp_path / "logs" / "smoke" / log).exists()
     assert list((tmp_path / "logs" / "benchmarks" / "smoke" / "search").rglob("*.tsv"))
 
@@ -230,12 +232,12 @@ def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr
     assert calls(tmp_path) == []
 
-    # one record deleted: only its evaluation (and the derived aggregate) runs again
+    # one record deleted: only its evaluation (and the derived aggregate and figures) runs again
     victim = records[len(records) // 2]
     victim.unlink()
     snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=env)
     again = calls(tmp_path)
-    assert [c[0] for c in again] == ["evaluate", "aggregate"]
+    assert [c[0] for c in again] == ["evaluate", "aggregate", "figures"]
     assert again[0][again[0].index("--out") + 1] == str(victim.relative_to(tmp_path))
 
     # a changed fine-tune setting re-runs fine-tune + evaluation of every cell, and no search
@@ -243,7 +245,7 @@ def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
     cfg["finetune"]["lr"] = 0.02
     (tmp_path / smoke).write_text(yaml.safe_dump(cfg))
     proc = snakemake(tmp_path, "all", "-n", "--configfile", smoke, env=env)
-    assert job_counts(proc.stdout) == {"finetune": n, "evaluate": n, "aggregate": 1, "all": 1}
+    assert job_counts(proc.stdout) == {"finetune": n, "evaluate": n, "aggregate": 1, "figures": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -273,7 +275,7 @@ def test_dvc_repro_metrics_and_experiment_in_a_fresh_repo(tmp_path):
     # an experiment with one more seed runs only the new seed's jobs and the aggregate
     run_dvc(repo, "exp", "run", "-S", "config/config.yaml:seeds=[0,1]", env=env)
     exp_calls = calls(tmp_path)
-    assert {c[0] for c in exp_calls} == {"search", "finetune", "evaluate", "aggregate"}
+    assert {c[0] for c in exp_calls} == {"search", "finetune", "evaluate", "aggregate", "figures"}
     assert all(c[c.index("--seed") + 1] == "1" for c in exp_calls if c[0] in {"search", "finetune"})
     rows = list(csv.DictReader((repo / "results" / "leaderboard.csv").open()))
     assert len(rows) == 2 * len(cfg.runs())

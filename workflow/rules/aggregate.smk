@@ -1,5 +1,5 @@
-# Stage 5: leaderboard.csv, summary.json and figures, derived from every record under <results>/runs
-# (all suites; the table has a suite column). Re-running it on the same records is byte-identical.
+# Stage 5: leaderboard.csv and summary.json, derived from every record under <results>/runs (all suites;
+# the table has a suite column). Re-running it on the same records is byte-identical. Figures: figures.smk.
 
 
 rule aggregate:
@@ -8,12 +8,6 @@ rule aggregate:
     output:
         leaderboard=AGGREGATES["leaderboard"],
         summary=AGGREGATES["summary"],
-        figures=report(
-            directory(AGGREGATES["figures"]),
-            patterns=["{name}.png"],
-            caption="../report/figures.rst",
-            category="Leaderboard",
-        ),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -27,4 +21,4 @@ rule aggregate:
         runtime=res("aggregate").runtime,
         gpu=res("aggregate").gpu,
     shell:
-        "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} > {log} 2>&1"
+        "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} --no-figures > {log} 2>&1"
