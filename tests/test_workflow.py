@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -328,6 +329,24 @@ def test_smoke_suite_really_runs(tmp_path):
     rows = list(csv.DictReader((results / "leaderboard.csv").open()))
     assert len(rows) == len(records)
     assert json.loads((results / "summary.json").read_text())
+
+    # the leaderboard's reproduce command recreates the workflow's policy: a subset proxy, a teacher method
+    from mpqbench import leaderboard as lb
+
+    frame = lb.records_to_frame([json.loads(p.read_text()) for p in records])
+    for method, proxy in (("edmips", "fashion-mnist-subset"), ("gmpq", "digits")):
+        row = frame[(frame["method"] == method) & (frame["proxy"] == proxy)].iloc[0]
+        out = tmp_path / f"again-{method}.json"
+        cmd = shlex.split(lb.reproduce_commands(row, out=str(out))["search"]) + ["--device", "cpu", "--no-progress"]
+        subprocess.run(cmd, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"), check=True, capture_output=True)
+        made = tmp_path / "work" / "smoke" / "policies" / row["arch"] / row["budget"] / method / f"{proxy}-to-{row['target']}-s0.json"
+        again, orig = json.loads(out.read_text()), json.loads(made.read_text())
+        assert again["layers"] == orig["layers"], method
+        assert again["search"]["macs_processed"] == orig["search"]["macs_processed"]
+        keys = ("proxy", "proxy_dataset", "proxy_subset", "proxy_input_size", "target_input_size", "width",
+                "hparams", "teacher_macs")
+        assert {k: again["search"].get(k) for k in keys} == {k: orig["search"].get(k) for k in keys}
+        assert orig["search"].get("proxy_subset") == (256 if proxy == "fashion-mnist-subset" else None)
     assert list((results / "figures").glob("*.png"))
     # the leaderboard is derived: regenerating it from the same records is byte-identical
     before = (results / "leaderboard.csv").read_bytes()
