@@ -1,4 +1,6 @@
-"""Static seaborn figures of a results set (results/figures/*.png), written by ``mpqbench aggregate``.
+"""Static seaborn figures of a results set (results/figures/*.png), written by ``mpqbench figures``.
+
+Every method @ proxy entry has one colour in every panel of a figure (:func:`entry_palette`).
 
 - ``pareto_<suite>_<arch>.png``: target top-1 vs BitOPs (all layers), mean ± std over seeds, the
   accuracy-vs-BitOPs Pareto front drawn as a step line;
@@ -35,6 +37,13 @@ def _entry_label(row: Mapping[str, Any]) -> str:
     return f"{row['method']}" if row["proxy"] in ("", None) else f"{row['method']} ({row['proxy']})"
 
 
+def entry_palette(entries: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per entry label, in sorted order, shared by every panel that draws the entries."""
+    names = sorted(set(entries))
+    colours = sns.color_palette("tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "husl", len(names))
+    return dict(zip(names, colours))
+
+
 def write_figures(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     """Write every figure for the flat frame ``df`` (from :func:`mpqbench.leaderboard.records_to_frame`)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -44,10 +53,12 @@ def write_figures(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], out_di
     written: list[Path] = []
     for (suite, arch), part in ranked.groupby(["suite", "arch"], sort=True):
         part = part.assign(entry=[_entry_label(r) for _, r in part.iterrows()])
+        palette = entry_palette(part["entry"])
         front = lb.pareto_front(part)
         # -- accuracy vs BitOPs with the Pareto front
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        sns.scatterplot(data=part, x="bitops_g_all", y="top1_mean", hue="entry", style="budget", s=70, ax=ax)
+        sns.scatterplot(data=part, x="bitops_g_all", y="top1_mean", hue="entry", hue_order=list(palette),
+                        palette=palette, style="budget", s=70, ax=ax)
         ax.errorbar(part["bitops_g_all"], part["top1_mean"], yerr=part["top1_std"].fillna(0), fmt="none",
                     ecolor="0.6", elinewidth=0.8, zorder=0)
         pf = part[front.to_numpy()].sort_values("bitops_g_all")
@@ -63,13 +74,17 @@ def write_figures(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], out_di
         if len(costed):
             budgets = sorted(costed["budget"].unique())
             fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 4.2), squeeze=False)
+            handles = {}
             for ax, budget in zip(axes[0], budgets):
                 sub = costed[costed["budget"] == budget]
-                sns.scatterplot(data=sub, x="search_macs_processed", y="top1_mean", hue="entry", s=70, ax=ax,
-                                legend=ax is axes[0][-1])
+                for entry, pts in sub.groupby("entry", sort=True):  # the entry's colour in every panel
+                    handles[entry] = ax.scatter(pts["search_macs_processed"], pts["top1_mean"], s=45,
+                                                color=palette[entry], label=entry, zorder=3)
                 ax.set_xscale("log")
                 ax.set(xlabel="search cost (MACs processed, log)", ylabel="top-1 (%)", title=f"{arch} @ {budget}")
-            axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+            names = sorted(handles)
+            axes[0][-1].legend([handles[n] for n in names], names, fontsize=7, bbox_to_anchor=(1.01, 1),
+                               loc="upper left")
             path = out_dir / f"cost_{suite}_{arch}.png"
             _save(fig, path)
             written.append(path)
