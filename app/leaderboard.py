@@ -203,6 +203,7 @@ def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) ->
         "Search cost (TMAC)": ranked["search_macs_processed"] / TMAC,
         "Search wall (s)": ranked["search_wall_s"],
         "Search GPU (h)": ranked["search_gpu_hours"],
+        "Search to settle (TMAC)": ranked["search_macs_to_settle"] / TMAC,
         "Proxy teacher (TMAC)": ranked["teacher_macs"] / TMAC,
         "Budget repaired": ranked["repaired"],
         "Reproduce (snakemake)": [cmds[(m, p)]["snakemake"] for m, p in zip(ranked["method"], ranked["proxy"])],
@@ -224,6 +225,9 @@ TABLE_CONFIG = {
     "Search cost (TMAC)": st.column_config.NumberColumn(format="%.4g", help="MACs processed by the search / 1e12"),
     "Search wall (s)": st.column_config.NumberColumn(format="%.1f"),
     "Search GPU (h)": st.column_config.NumberColumn(format="%.3f"),
+    "Search to settle (TMAC)": st.column_config.NumberColumn(
+        format="%.4g", help="MACs processed until the argmax policy reached its final value (checked every "
+                            "quarter epoch); empty for one-shot methods"),
     "Proxy teacher (TMAC)": st.column_config.NumberColumn(
         format="%.4g", help="training the FP teacher on the proxy that the method needs first (0: none)"),
     "Reproduce (snakemake)": st.column_config.TextColumn(width="medium", help="recreates the record files"),
@@ -294,6 +298,7 @@ def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
         "Baseline role": gains["baseline_role"],
         "Efficiency gain, MACs (%)": gains["gain_macs"] * 100,
         "Efficiency gain, MACs incl. teacher (%)": gains["gain_macs_with_teacher"] * 100,
+        "Efficiency gain, MACs to settle (%)": gains["gain_macs_to_settle"] * 100,
         "Efficiency gain, wall (%)": gains["gain_wall_s"] * 100,
         "Top-1 difference (pp)": gains["top1_diff_pp"],
     })

@@ -67,6 +67,8 @@ COLUMNS: dict[str, str] = {
     "search_gpu_hours": "Float64",
     "search_device": "string",
     "search_repaired": "boolean",
+    "search_settled_step": "Int64",
+    "search_macs_to_settle": "Float64",
     "search_hparams": "string",
     "proxy_dataset": "string",
     "proxy_subset": "Int64",
@@ -112,6 +114,8 @@ _FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "search_gpu_hours": ("search", "gpu_hours"),
     "search_device": ("search", "device"),
     "search_repaired": ("search", "repaired"),
+    "search_settled_step": ("search", "settled_step"),
+    "search_macs_to_settle": ("search", "settled_macs"),
     "proxy_dataset": ("search", "proxy_dataset"),
     "proxy_subset": ("search", "proxy_subset"),
     "proxy_input_size": ("search", "proxy_input_size"),
@@ -423,6 +427,7 @@ _MEAN_COLS = {
     "search_macs_processed": "search_macs_processed",
     "search_wall_s": "search_wall_s",
     "search_gpu_hours": "search_gpu_hours",
+    "search_macs_to_settle": "search_macs_to_settle",
     "teacher_macs": "teacher_macs",
     "teacher_wall_s": "teacher_wall_s",
     "finetune_wall_s": "finetune_wall_s",
@@ -503,6 +508,10 @@ def efficiency_gain(cost_baseline: float, cost_method: float) -> float:
     return cost_baseline / cost_method - 1.0
 
 
+def _float(v: Any) -> float:
+    return math.nan if v is None or v is pd.NA else float(v)
+
+
 def _with_teacher(row: Mapping[str, Any]) -> float:
     teacher = row.get("teacher_macs")
     teacher = 0.0 if teacher is None or teacher is pd.NA or not math.isfinite(float(teacher)) else float(teacher)
@@ -514,9 +523,10 @@ def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED)
     in the same group: ``gain_macs`` and ``gain_wall_s`` (cost_B / cost_M - 1, on mean search MACs
     processed and mean search wall seconds), ``gain_macs_with_teacher`` (the same on search MACs plus the
     MACs of training the FP proxy teacher a method needs, GMPQ's and HAWQ's; records without the field
-    count 0) and ``top1_diff_pp`` (mean top-1 of M - of B)."""
+    count 0), ``gain_macs_to_settle`` (the same on the MACs processed until each search's argmax policy
+    reached its final value; NaN for one-shot methods) and ``top1_diff_pp`` (mean top-1 of M - of B)."""
     cols = GROUP + ["method", "proxy", "baseline", "baseline_proxy", "baseline_role", "gain_macs",
-                    "gain_wall_s", "gain_macs_with_teacher", "top1_diff_pp", "top1_mean", "baseline_top1_mean",
+                    "gain_wall_s", "gain_macs_with_teacher", "gain_macs_to_settle", "top1_diff_pp", "top1_mean", "baseline_top1_mean",
                     "search_macs_processed", "baseline_search_macs_processed"]
     rows = []
     scored = ranked[ranked["n_seeds"] > 0] if len(ranked) else ranked
@@ -530,6 +540,8 @@ def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED)
                     "gain_macs": efficiency_gain(b["search_macs_processed"], m["search_macs_processed"]),
                     "gain_wall_s": efficiency_gain(b["search_wall_s"], m["search_wall_s"]),
                     "gain_macs_with_teacher": efficiency_gain(_with_teacher(b), _with_teacher(m)),
+                    "gain_macs_to_settle": efficiency_gain(_float(b["search_macs_to_settle"]),
+                                                           _float(m["search_macs_to_settle"])),
                     "top1_diff_pp": m["top1_mean"] - b["top1_mean"],
                     "top1_mean": m["top1_mean"], "baseline_top1_mean": b["top1_mean"],
                     "search_macs_processed": m["search_macs_processed"],
@@ -575,6 +587,7 @@ def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
             "gain_macs": _clean(g["gain_macs"]),
             "gain_wall_s": _clean(g["gain_wall_s"]),
             "gain_macs_with_teacher": _clean(g["gain_macs_with_teacher"]),
+            "gain_macs_to_settle": _clean(g["gain_macs_to_settle"]),
             "top1_diff_pp": _clean(g["top1_diff_pp"]),
         }
     return {
@@ -585,7 +598,9 @@ def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
             "rank": "within (suite, arch, target, budget) by mean top-1; ties share a rank",
             "gain": "cost_baseline / cost_method - 1 on mean search MACs processed (gain_macs) "
                     "or mean search wall seconds (gain_wall_s); gain_macs_with_teacher adds the MACs of training "
-                    "the FP proxy teacher that gmpq, gmpq-asga and hawq need (teacher_macs)",
+                    "the FP proxy teacher that gmpq, gmpq-asga and hawq need (teacher_macs); gain_macs_to_settle uses "
+                    "the MACs processed until each search's argmax policy reached its final value "
+                    "(search_macs_to_settle, checked every quarter epoch; iterative searches only)",
             "top1_diff_pp": "mean top-1 of method - mean top-1 of baseline, percentage points",
             "proposed": list(PROPOSED),
         },

@@ -76,6 +76,10 @@ class SearchInfo(BaseModel):
     # every budget and seed of its (arch, proxy), so it is reported beside the search cost, not inside it.
     teacher_wall_s: float = 0.0
     teacher_macs: float = 0.0
+    # iterative searches: the step and MACs processed by the time the argmax policy reached its final value
+    # (checked at every quarter epoch; a retrospective convergence measure); None for one-shot methods
+    settled_step: int | None = None
+    settled_macs: float | None = None
 
 
 class Policy(BaseModel):

@@ -83,7 +83,23 @@ def test_method_contract(method, tmp_path, teacher):
         assert policy.search.teacher_macs > 0
     else:
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (0.0, 0.0)
+    if method in CONTROLS or method == "hawq":  # one-shot: no convergence point
+        assert (policy.search.settled_step, policy.search.settled_macs) == (None, None)
+    else:  # iterative: the argmax policy reached its final value at a recorded step of this search
+        assert 0 < policy.search.settled_step <= policy.search.steps
+        assert 0 < policy.search.settled_macs <= policy.search.macs_processed
     assert policy.provenance["git_commit"]
+
+
+def test_settle_point_by_hand():
+    from mpqbench.search import settle_point
+
+    h = [{"step": 5, "macs": 10.0, "policy": "33,22"}, {"step": 10, "macs": 20.0, "policy": "32,22"},
+         {"step": 15, "macs": 30.0, "policy": "33,22"}, {"step": 20, "macs": 40.0, "policy": "33,22"}]
+    assert settle_point(h) == (15, 30.0)  # the policy of step 5 came back later: settled only from step 15
+    assert settle_point(h[:1]) == (5, 10.0)
+    assert settle_point([dict(r, policy="44,44") for r in h]) == (5, 10.0)
+    assert settle_point([{"step": 5, "loss": 1.0}]) is None and settle_point([]) is None
 
 
 def test_every_method_is_covered():

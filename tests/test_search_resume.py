@@ -38,5 +38,9 @@ def test_search_kill_and_resume(tmp_path, monkeypatch, method):
     resumed = cls().search(_ctx(tmp_path / "run", meter), hp)
     assert resumed.layers == ref.layers
     assert resumed.extra["probs"] == ref.extra["probs"]
+    # the periodic history (and with it the settle point) survives the kill
+    assert [h["step"] for h in resumed.extra["history"]] == [h["step"] for h in ref.extra["history"]]
+    assert [h["policy"] for h in resumed.extra["history"]] == [h["policy"] for h in ref.extra["history"]]
+    assert (resumed.settled_step, resumed.settled_macs) == (ref.settled_step, ref.settled_macs)
     assert meter.steps == 9 and meter.macs_processed > 0  # 3 epochs × 3 steps, counted across the kill
     assert not (tmp_path / "run" / f"search-{method}.ckpt").exists(), "a finished search removes its checkpoint"

@@ -91,6 +91,26 @@ class SearchOutcome:
     epochs: float
     repaired: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # iterative searches: the step and the MACs processed by the time the argmax policy reached its
+    # final value (see :func:`settle_point`); None for one-shot methods
+    settled_step: int | None = None
+    settled_macs: float | None = None
+
+
+def settle_point(history: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """(step, MACs processed) of the first history entry from which on the recorded argmax policy
+    (``"policy"``) never differs from the last entry's; None without a recorded policy.
+
+    A retrospective convergence measure of a fixed-length search: entries are the periodic snapshots
+    ``{"step", "macs", "policy", ...}`` of the search loop, the last one taken at the final step.
+    """
+    marks = [h for h in history if "policy" in h and "macs" in h]
+    if not marks:
+        return None
+    final, first = marks[-1]["policy"], len(marks) - 1
+    while first > 0 and marks[first - 1]["policy"] == final:
+        first -= 1
+    return int(marks[first]["step"]), float(marks[first]["macs"])
 
 
 class Method:

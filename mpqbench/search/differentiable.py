@@ -18,9 +18,10 @@ budget repair of :mod:`mpqbench.search.repair` if needed.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from mpqbench.data import make_loader
 from mpqbench.models import get_model
 from mpqbench.optim.asga import ASGA
 from mpqbench.quant import arch_parameters, build_supernet, mixed_layers, quantizer_parameters, weight_parameters
-from mpqbench.search import Method, SearchContext, SearchOutcome, register_method
+from mpqbench.search import Method, SearchContext, SearchOutcome, register_method, settle_point
 from mpqbench.search.repair import repair_to_budget
 from mpqbench.utils import seed_everything, torch_save
 
@@ -146,6 +147,7 @@ class DifferentiableSearch(Method):
         base_lrs = [[g["lr"] for g in o.param_groups] for o in optimizers]
         ckpt = ctx.work_dir / f"search-{self.name}.ckpt" if ctx.work_dir else None
         step, epoch = 0, 0
+        history: list[dict[str, Any]] = []
         if ckpt is not None and ckpt.exists():
             state = torch.load(ckpt, weights_only=True)
             supernet.load_state_dict(state["model"])
@@ -154,10 +156,10 @@ class DifferentiableSearch(Method):
             step, epoch = state["step"], state["epoch"]
             ctx.meter.load_state_dict(state["meter"])
             torch.set_rng_state(state["rng"])
+            history = json.loads(state.get("history", "[]"))
 
         extra = alphas + steps_q
         pbar = tqdm(total=total_steps, initial=step, desc=f"search {self.name}", disable=not ctx.progress, leave=False)
-        history: list[dict[str, float]] = []
         while step < total_steps:
             loader = make_loader(ctx.proxy_train, batch_size=hp.batch_size, shuffle=True, seed=ctx.seed * 100_003 + epoch)
             for x, y in loader:
@@ -191,7 +193,8 @@ class DifferentiableSearch(Method):
                 step += 1
                 pbar.update(1)
                 if step % max(1, steps_per_epoch // 4) == 0 or step == total_steps:
-                    rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx).detach())}
+                    rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx).detach()),
+                           "macs": float(ctx.meter.macs_processed), "policy": _argmax_code(supernet)}
                     if use_asga:
                         rec.update(rho=opt_w.rho, gap=opt_w.last_gap)
                     history.append(rec)
@@ -199,7 +202,7 @@ class DifferentiableSearch(Method):
             if ckpt is not None and step < total_steps:
                 torch_save({"model": supernet.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                             "step": step, "epoch": epoch, "meter": ctx.meter.state_dict(),
-                            "rng": torch.get_rng_state()}, ckpt)
+                            "rng": torch.get_rng_state(), "history": json.dumps(history)}, ckpt)
         pbar.close()
 
         layers, prefs = {}, {}
@@ -216,8 +219,15 @@ class DifferentiableSearch(Method):
         alpha_dump = {n: {"w": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_w.detach().softmax(0).tolist()],
                           "a": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_a.detach().softmax(0).tolist()]}
                       for n in layers}
+        settled = settle_point(history)
         return SearchOutcome(layers=layers, epochs=total_steps / steps_per_epoch, repaired=repaired,
-                             extra={"raw_bitops_g": raw_bitops_g, "history": history, "probs": alpha_dump})
+                             extra={"raw_bitops_g": raw_bitops_g, "history": history, "probs": alpha_dump},
+                             settled_step=settled[0] if settled else None, settled_macs=settled[1] if settled else None)
+
+
+def _argmax_code(supernet) -> str:
+    """The current argmax policy as one string ("34,23,..." = W3A4, W2A3, ... in module order)."""
+    return ",".join(f"{w}{a}" for w, a in (layer.argmax_bits() for layer in mixed_layers(supernet).values()))
 
 
 @register_method("asga")

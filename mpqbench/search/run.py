@@ -138,7 +138,8 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
                           hparams={"method": req.method, **hp.model_dump(mode="json")},
                           wall_s=max(wall_s, cost["wall_s"]), macs_processed=cost["macs_processed"],
                           gpu_hours=cost["gpu_hours"], device=cost["device"], steps=cost["steps"],
-                          repaired=outcome.repaired or repaired_now, **teacher_cost),
+                          repaired=outcome.repaired or repaired_now, settled_step=outcome.settled_step,
+                          settled_macs=outcome.settled_macs, **teacher_cost),
         provenance={**provenance(device), "search_extra": {k: v for k, v in outcome.extra.items() if k != "history"},
                     "history": outcome.extra.get("history", [])},
     )
