@@ -54,6 +54,7 @@ class SearchContext:
     teacher_ckpt: Path | None = None
     progress: bool = True
     work_dir: Path | None = None  # where a method may checkpoint to resume a long search
+    teacher_meta: dict[str, Any] | None = None  # set by load_teacher: the teacher checkpoint's meta (its cost)
 
     def bitops_g(self, layers: dict[str, tuple[int, int]]) -> float:
         """Searchable-only BitOPs (1e9) of a per-layer assignment on the target geometry."""
@@ -70,7 +71,7 @@ class SearchContext:
         if self.teacher_ckpt is None:
             raise UserError(f"this method needs an {what} pretrained on the proxy; pass --teacher FP.pt")
         ckpt = load_checkpoint(self.teacher_ckpt, what)
-        meta = ckpt["meta"]
+        meta = self.teacher_meta = ckpt["meta"]
         want = (self.arch, self.num_classes, self.in_channels, self.input_size, self.width)
         have = (meta["arch"], meta["num_classes"], meta["in_channels"], meta["input_size"], meta["width"])
         if have != want:

@@ -102,17 +102,17 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
         device=device, meter=meter, teacher_ckpt=req.teacher, progress=req.progress, work_dir=req.work_dir,
     )
-    teacher_cost = {"teacher_wall_s": 0.0, "teacher_macs": 0.0}
-    if method_cls.needs_teacher:
-        from mpqbench.pipeline import load_checkpoint
-
-        tmeta = load_checkpoint(req.teacher, "FP teacher").get("meta", {})
-        teacher_cost = {"teacher_wall_s": float(tmeta.get("wall_s", 0.0)),
-                        "teacher_macs": float(tmeta.get("macs_processed", 0.0))}
     seed_everything(req.seed)
     t0 = time.perf_counter()
     outcome = method_cls().search(ctx, hp)
     wall_s = time.perf_counter() - t0
+    teacher_cost = {"teacher_wall_s": 0.0, "teacher_macs": 0.0}
+    if method_cls.needs_teacher:  # what training the FP proxy teacher cost, from the checkpoint the method read
+        if ctx.teacher_meta is None:  # a method that needs the teacher but did not load it
+            ctx.load_teacher()
+        tmeta = ctx.teacher_meta
+        teacher_cost = {"teacher_wall_s": float(tmeta.get("wall_s", 0.0)),
+                        "teacher_macs": float(tmeta.get("macs_processed", 0.0))}
 
     if set(outcome.layers) != set(searchable):
         raise RuntimeError(f"method {req.method} returned layers that do not match the searchable set")
