@@ -509,13 +509,12 @@ def efficiency_gain(cost_baseline: float, cost_method: float) -> float:
 
 
 def _float(v: Any) -> float:
-    return math.nan if v is None or v is pd.NA else float(v)
+    v = _clean(v)
+    return math.nan if v is None else float(v)
 
 
 def _with_teacher(row: Mapping[str, Any]) -> float:
-    teacher = row.get("teacher_macs")
-    teacher = 0.0 if teacher is None or teacher is pd.NA or not math.isfinite(float(teacher)) else float(teacher)
-    return float(row["search_macs_processed"]) + teacher
+    return float(row["search_macs_processed"]) + (_clean(row.get("teacher_macs")) or 0.0)
 
 
 def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED) -> pd.DataFrame:
@@ -648,7 +647,7 @@ def _shell_quote(v: Any) -> str:
 
 
 def _given(v: Any) -> bool:
-    return not (v is None or v is pd.NA or (isinstance(v, float) and v != v))
+    return _clean(v) is not None
 
 
 def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "policy.json") -> dict[str, str]:
