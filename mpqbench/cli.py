@@ -29,6 +29,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _label(text: str) -> str:
+    """A name that becomes a path component, a Snakemake wildcard and a word of a shell command."""
+    from mpqbench.config import check_label
+
+    try:
+        return check_label(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _hparam(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
@@ -256,10 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a bit-width policy on a proxy dataset")
     _common(p)
     p.add_argument("--method", required=True)
-    p.add_argument("--label", default=None, help="name recorded for this variant (default: the method)")
+    p.add_argument("--label", type=_label, default=None, help="name recorded for this variant (default: the method)")
     p.add_argument("--arch", required=True)
     p.add_argument("--proxy", required=True, help="dataset searched on")
-    p.add_argument("--proxy-label", default=None, help="recorded proxy name (default: dataset, '-subset' if subset)")
+    p.add_argument("--proxy-label", type=_label, default=None, help="recorded proxy name (default: dataset, '-subset' if subset)")
     p.add_argument("--proxy-subset", type=int, default=None)
     p.add_argument("--proxy-input-size", type=int, default=None)
     p.add_argument("--target", required=True, help="dataset deployed on (the budget is resolved on its geometry)")
@@ -292,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True)
     p.add_argument("--fp", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--suite", default="adhoc")
+    p.add_argument("--suite", type=_label, default="adhoc")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)

@@ -27,7 +27,22 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # Names that become path components and Snakemake wildcard values.
 _LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 _BUDGET_PATTERN = r"^w[0-9]+(\.[0-9]+)?a[0-9]+(\.[0-9]+)?$"
-Label = Annotated[str, StringConstraints(pattern=_LABEL_PATTERN, max_length=64)]
+LABEL_MAX = 64
+Label = Annotated[str, StringConstraints(pattern=_LABEL_PATTERN, max_length=LABEL_MAX)]
+
+
+def check_label(text: str, what: str = "label") -> str:
+    """``text`` if it is a valid name (suite, method label, proxy label), else :class:`UserError`.
+
+    Names become path components, Snakemake wildcards and words of the shell commands the leaderboard
+    prints, so they are restricted to lowercase letters, digits, '.', '_' and '-'.
+    """
+    import re
+
+    if not isinstance(text, str) or len(text) > LABEL_MAX or not re.fullmatch(_LABEL_PATTERN.strip("^$"), text):
+        raise UserError(f"{what} {text!r} is not a valid name; use lowercase letters, digits, '.', '_' and '-' "
+                        f"(starting with a letter or digit, at most {LABEL_MAX} characters)")
+    return text
 # A budget named by its uniform reference policy: w3a3, w2.5a2.5 (see mpqbench.cost.parse_budget).
 BudgetName = Annotated[str, StringConstraints(pattern=_BUDGET_PATTERN)]
 Bits = Annotated[int, Field(ge=1, le=16)]

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from mpqbench.cli import main
+from mpqbench.errors import UserError
 from mpqbench.models import get_model
 from mpqbench.utils import torch_save
 
@@ -476,3 +477,25 @@ def test_end_to_end_pretrain_search_finetune_evaluate_aggregate(tmp_path, capsys
         p.name for p in (results / "figures").glob("*.png"))
     rc, _, err = run_cli(capsys, ["figures", "--runs", tmp_path / "nothing", "--out-dir", tmp_path / "f2"])
     assert rc == 2 and "no run records" in err and not (tmp_path / "f2").exists()
+
+
+@pytest.mark.parametrize("flag", ["--label", "--proxy-label"])
+@pytest.mark.parametrize("value", ["$(touch /tmp/mpqbench-pwned)", "`id`", "a;b", "A", "x y", "'q'", "-x"])
+def test_labels_that_are_not_names_are_refused_before_any_work(flag, value, tmp_path, capsys):
+    # labels become path parts and words of the reproduce commands the leaderboard prints: only names pass
+    out = tmp_path / "p.json"
+    rc, _, err = run_cli(capsys, ["search", "--method", "uniform", "--arch", ARCH, "--proxy", "digits",
+                                  "--target", "fashion-mnist", "--budget", "w3a3", "--device", "cpu",
+                                  f"{flag}={value}", "--out", str(out)])
+    assert rc == 2 and not out.exists()
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_run_search_refuses_a_bad_label_from_the_library(tmp_path):
+    from mpqbench.search.run import SearchRequest, run_search
+
+    req = SearchRequest(method="uniform", arch=ARCH, proxy="digits", target="fashion-mnist", budget="w3a3", seed=0,
+                        label="$(id)", device="cpu")
+    with pytest.raises(UserError, match="not a valid name"):
+        run_search(req, tmp_path / "p.json")
+    assert not (tmp_path / "p.json").exists()

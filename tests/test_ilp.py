@@ -109,3 +109,42 @@ def test_deterministic():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="shape"):
         solve_bit_allocation(np.ones((2, 3)), np.ones((3, 2)), 10.0)
+
+
+def _brute_force_window(costs, bitops, lower, upper):
+    n_layers, n_choices = costs.shape
+    best = None
+    for choice in itertools.product(range(n_choices), repeat=n_layers):
+        idx = (np.arange(n_layers), np.array(choice))
+        total = bitops[idx].sum()
+        if total > upper or total < lower:
+            continue
+        obj = costs[idx].sum()
+        best = obj if best is None else min(best, obj)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lower_bound_matches_brute_force(seed):
+    # A cost that prefers the *cheapest* choice everywhere: without a floor the ILP spends little of the
+    # budget; with lower = 0.9·budget it must land inside the window, at the best objective there.
+    rng = np.random.default_rng(100 + seed)
+    _, bitops = _random_case(rng)
+    costs = rng.uniform(0, 1, size=bitops.shape) + np.arange(bitops.shape[1])[None, :]
+    lo, hi = bitops.min(axis=1).sum(), bitops.max(axis=1).sum()
+    budget = lo + rng.uniform(0.4, 0.8) * (hi - lo)
+    unconstrained = solve_bit_allocation(costs, bitops, budget)
+    idx = (np.arange(len(unconstrained)), unconstrained)
+    assert bitops[idx].sum() < 0.9 * budget  # the case is one where the floor matters
+    choice = solve_bit_allocation(costs, bitops, budget, lower=0.9 * budget)
+    idx = (np.arange(len(choice)), choice)
+    assert 0.9 * budget * (1 - 1e-9) <= bitops[idx].sum() <= budget * (1 + 1e-9)
+    assert costs[idx].sum() == pytest.approx(_brute_force_window(costs, bitops, 0.9 * budget, budget), rel=1e-9)
+
+
+def test_lower_bound_infeasible_is_one_line_user_error():
+    bitops = np.array([[1.0, 2.0], [1.0, 2.0]])
+    with pytest.raises(UserError, match="floor"):
+        solve_bit_allocation(np.zeros((2, 2)), bitops, 10.0, lower=5.0)
+    with pytest.raises(ValueError):
+        solve_bit_allocation(np.zeros((2, 2)), bitops, 3.0, lower=4.0)

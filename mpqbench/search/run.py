@@ -68,6 +68,11 @@ def target_geometry(arch: str, target: str, *, input_size: int | None, width: fl
 
 
 def run_search(req: SearchRequest, out: Path) -> Policy:
+    from mpqbench.config import check_label
+
+    for what, value in (("--label", req.label), ("--proxy-label", req.proxy_label)):
+        if value is not None:
+            check_label(value, what)
     method_cls = get_method(req.method)
     hp = parse_hparams(method_cls, req.hparams)
     if method_cls.needs_teacher and req.teacher is None:
