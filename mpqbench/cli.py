@@ -172,6 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=hparams,
         teacher=Path(args.teacher) if args.teacher else None, data_root=args.data_root, device=args.device,
         progress=not args.no_progress, work_dir=Path(args.work_dir) if args.work_dir else None,
+        budget_floor=args.budget_floor, precision=args.precision, length=args.length, curve=args.curve,
     )
     policy = run_search(req, Path(args.out))
     a, s = policy.achieved, policy.search
@@ -284,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="search batch size, for methods that have one")
     p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
+    p.add_argument("--budget-floor", type=float, default=0.9,
+                   help="budget window [floor, 1] x budget that methods aim at (default 0.9)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="forward passes of the search in fp32 or under bf16 autocast (quantizers stay fp32)")
+    p.add_argument("--length", type=float, default=None,
+                   help="recorded: this search's length as a multiple of the suite's default (curves)")
+    p.add_argument("--curve", type=_label, default=None,
+                   help="recorded: label of the default-length entry whose accuracy-vs-cost curve this run is on")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_search)
 

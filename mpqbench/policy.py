@@ -2,7 +2,7 @@
 
 A policy names searchable layers by module path (``layer1.0.conv1``); the stem conv and the classifier
 are listed separately under ``fixed`` (W8A8 by default). The JSON form is schema_version 1 of
-``../shared/design/architecture.md``.
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Achieved(BaseModel):
     size_mb: float
     avg_w_bits: float
     avg_a_bits: float
+    # searchable BitOPs / the budget's (1.0 = at the budget); None in policies written before it existed
+    budget_used: float | None = None
 
 
 class Candidates(BaseModel):
@@ -80,6 +82,21 @@ class SearchInfo(BaseModel):
     # (checked at every quarter epoch; a retrospective convergence measure); None for one-shot methods
     settled_step: int | None = None
     settled_macs: float | None = None
+    # the budget window [budget_floor, 1] × budget the search aimed at (the suite's setting; 0.9 by default)
+    budget_floor: float | None = None
+    # how a method with per-layer preferences turned them into this policy: "ilp" (budget-matched, the
+    # default), "argmax" (as published), "uniform-p" (control); None for methods without such a step
+    extraction: str | None = None
+    # the search length as a multiple of the suite's default, and the label of the length-1 entry whose
+    # accuracy-vs-search-cost curve this run belongs to (None: a run at the default length, not on a curve)
+    length: float | None = None
+    curve: str | None = None
+    # numeric precision of the search's forward passes ("fp32" or "bf16")
+    precision: str | None = None
+    # per layer {"w": nats, "a": nats}: entropy of the method's final bit distributions (None: no distributions)
+    entropy: dict[str, dict[str, float]] | None = None
+    # per quarter epoch {"step", "macs", "loss", "bitops_ratio"} and, for ASGA, {"rho", "gap", "grad_norm"}
+    trace: list[dict[str, Any]] | None = None
 
 
 class Policy(BaseModel):

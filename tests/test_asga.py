@@ -311,3 +311,70 @@ def test_invalid_arguments():
         opt.step(make_closure(w, b, S0), extra_params=[w])
     with pytest.raises(ValueError, match="closure"):
         opt.step()
+
+
+def _quadratic_run(rule: str, steps: int = 60) -> tuple[list[float], list[float]]:
+    """ρ_t and ‖g‖ over ``steps`` ASGA steps on L(θ) = ½ θᵀAθ + cᵀθ with lr = 0, so θ stays where ‖g‖ < 1."""
+    theta = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=F64))
+    a = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=F64)
+    c = torch.tensor([0.1, 0.05], dtype=F64)
+
+    def closure():
+        loss = 0.5 * theta @ a @ theta + c @ theta
+        loss.backward()
+        return loss.detach()
+
+    opt = ASGA([theta], rho_init=0.05, rho_max=0.1, beta=0.001, rho_rule=rule, lr=0.0)
+    rhos, norms = [], []
+    for _ in range(steps):
+        opt.step(closure)
+        rhos.append(opt.rho)
+        norms.append(opt.last_grad_norm)
+    return rhos, norms
+
+
+def test_published_rho_collapses_on_a_quadratic_and_probe_does_not():
+    g = (torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=F64) @ torch.tensor([0.3, -0.2], dtype=F64)
+         + torch.tensor([0.1, 0.05], dtype=F64))
+    gnorm = float(g.norm())
+    rhos, norms = _quadratic_run("published")
+    assert norms[0] == pytest.approx(gnorm, rel=1e-12) and gnorm < 1
+    # first step by hand: h = L(θ+ε) − L(θ) with ε = ρ0 g/‖g‖ − β g, then ρ1 = ln(1 + h)
+    a = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=F64)
+    c = torch.tensor([0.1, 0.05], dtype=F64)
+    th = torch.tensor([0.3, -0.2], dtype=F64)
+    eps = 0.05 * g / gnorm - 0.001 * g
+    loss = lambda t: float(0.5 * t @ a @ t + c @ t)  # noqa: E731
+    assert rhos[0] == pytest.approx(math.log1p(loss(th + eps) - loss(th)), rel=1e-10)
+    # each step multiplies ρ by about ‖g‖ < 1: geometric collapse, then absorbed at 0 once h < 0
+    assert rhos[5] < 0.05 * gnorm ** 5
+    assert rhos[-1] == 0.0  # absorbed: at ρ = 0 the gap is −β‖g‖² < 0
+    probe, _ = _quadratic_run("probe")
+    # the probe rule reads the gap at ρ0: ρ settles near ln(1 + ρ0‖g‖ + ½ρ0²·gᵀAg/‖g‖² ...) and stays there
+    assert min(probe[10:]) > 0.5 * 0.05 * gnorm
+    assert max(probe[10:]) - min(probe[10:]) < 1e-3
+    assert probe[-1] > 0.03
+
+
+def test_probe_rule_by_hand_and_bounds():
+    w, b = make_params()
+    opt = ASGA([w, b], rho_init=0.05, rho_max=0.1, beta=0.001, rho_rule="probe", rho_min=0.002, lr=0.01)
+    script = iter([1.0, 1.01, 1.0, 1.0 - 1.0, 1.0, 3.0])
+
+    def closure():
+        ((X @ w + b - T) ** 2).mean().backward()
+        return torch.tensor(next(script), dtype=F64)
+
+    opt.step(closure)  # h = 0.01 at ρ0 = 0.05: h̃ = (h + β‖g‖²)·ρ0/ρ0
+    g2 = opt.last_grad_norm ** 2
+    assert opt.rho == pytest.approx(math.log1p(0.01 + 0.001 * g2), rel=1e-10)
+    rho1 = opt.rho
+    opt.step(closure)  # h = −1 < 0: clipped to ρ_min, not 0
+    assert opt.rho == 0.002
+    opt.step(closure)  # h = 2 at ρ_min: rescaled by ρ0/ρ_min = 25 → clipped at ρ_max
+    assert opt.rho == 0.1
+    assert rho1 > 0
+    with pytest.raises(UserError):
+        ASGA([w, b], rho_rule="nope", lr=0.1)
+    with pytest.raises(UserError):
+        ASGA([w, b], rho_rule="probe", rho_min=0.0, lr=0.1)

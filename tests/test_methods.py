@@ -1,8 +1,9 @@
 """The generic contract every registered method must pass (benchopt style), on the smoke setting.
 
-For each method: the policy validates against the arch, meets the budget on the target geometry, is
-identical for the same seed on CPU, and records its search cost (wall_s > 0; macs_processed > 0 for
-every method that runs a network, exactly 0 for the two controls, which run none).
+For each method: the policy validates against the arch, meets the budget on the target geometry (and
+lands inside the budget window [floor, 1] when its method can choose how much to spend: a budget-matched
+extraction or the random control), is identical for the same seed on CPU, and records its search cost
+(wall_s > 0; macs_processed > 0 for every method that runs a network, exactly 0 for the controls).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from mpqbench.policy import Policy
 from mpqbench.search import get_method, list_methods
 from mpqbench.search.run import SearchRequest, run_search
 
-CONTROLS = {"uniform", "random"}
 # Smoke settings: tiny ResNet-20 on digits at 16×16, a couple of search steps.
 SMOKE_HP = {"epochs": 0.3, "batch_size": 64}
 ARCH, WIDTH, PROXY, TARGET = "resnet20", 0.25, "digits", "fashion-mnist"
@@ -72,7 +72,13 @@ def test_method_contract(method, tmp_path, teacher):
     assert policy.achieved.bitops_g_searchable <= policy.budget.bitops_g * (1 + 1e-9)
     assert a.bits() == b.bits(), "same seed must give the same policy"
     assert policy.search.wall_s > 0
-    if method in CONTROLS:
+    cls = get_method(method)
+    used = policy.achieved.bitops_g_searchable / policy.budget.bitops_g
+    assert policy.achieved.budget_used == pytest.approx(used, rel=1e-12)
+    assert policy.search.budget_floor == 0.9
+    if policy.search.extraction in ("ilp", "uniform-p") or method == "random":
+        assert 0.9 * (1 - 1e-9) <= used <= 1 + 1e-9, f"{method} used {used:.3f} of its budget"
+    if not cls.runs_network:
         assert policy.search.macs_processed == 0
     else:
         assert policy.search.macs_processed > 0
@@ -83,7 +89,7 @@ def test_method_contract(method, tmp_path, teacher):
         assert policy.search.teacher_macs > 0
     else:
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (0.0, 0.0)
-    if method in CONTROLS or method == "hawq":  # one-shot: no convergence point
+    if not cls.iterative or method == "hawq":  # one-shot: no convergence point
         assert (policy.search.settled_step, policy.search.settled_macs) == (None, None)
     else:  # iterative: the argmax policy reached its final value at a recorded step of this search
         assert 0 < policy.search.settled_step <= policy.search.steps

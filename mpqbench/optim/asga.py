@@ -11,8 +11,19 @@ quantizer steps) does, with the loss L computed by the caller's closure:
 4. d = ½ (g + g_p)   (``align=False``: d = g_p) is put in ``.grad`` and the base optimizer steps θ;
 5. h_t = L_p − L; ρ_{t+1} = min(ρ_max, ln(1 + max(h_t, 0)))   (``adaptive_rho=False``: ρ stays ρ_init).
 
+Step 5 is the rule as published (``rho_rule="published"``; our reading of the paper's text, with ρ_0, ρ_max
+and β as our defaults). It collapses: to first order h_t ≈ ρ_t‖g‖ − β‖g‖², so once ‖g‖ < 1 each step
+multiplies ρ by less than ‖g‖ (ln(1 + x) < x), and at ρ = 0 the gap is −β‖g‖² < 0, which keeps it at 0 —
+an absorbing state in which ASGA is the host step at twice its cost. ``rho_rule="probe"`` is our variant
+that does not collapse: the gap is read at the fixed probe radius ρ_0 instead of at ρ_t, by removing the
+alignment part and rescaling the first-order gap to ρ_0,
+    h̃_t = (h_t + β‖g‖²) · ρ_0 / ρ_t,   ρ_{t+1} = clip(ln(1 + max(h̃_t, 0)), ρ_min, ρ_max),
+so ρ_{t+1} depends on the landscape at θ_t (≈ ρ_0‖g‖ plus the curvature along g) and not on ρ_t itself;
+ρ_min (default 0.001) keeps the division defined. ``grad_norm`` (‖g‖ of the clean pass) is logged with ρ
+and h after every step.
+
 ``sam=False`` is the plain host step: one closure call, the base optimizer steps θ with g.
-The design reference is ``/work/shared/design/methods.md`` (section "ASGA").
+The design text is ``docs/methods.md`` (section "ASGA").
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from mpqbench.errors import UserError
 
 ExtraGrad = Literal["mean", "clean", "perturbed"]
 EXTRA_GRAD_MODES: tuple[str, ...] = ("mean", "clean", "perturbed")
+RhoRule = Literal["published", "probe"]
+RHO_RULES: tuple[str, ...] = ("published", "probe")
 
 
 @contextmanager
@@ -89,11 +102,14 @@ class ASGA(torch.optim.Optimizer):
         sam: False → plain base-optimizer step with g (one closure call).
         align: False → ε = ρ g/‖g‖ and d = g_p (SAM).
         adaptive_rho: False → ρ stays ``rho_init``.
+        rho_rule: "published" (ρ_{t+1} = min(ρ_max, ln(1 + max(h_t, 0)))) or "probe" (the gap rescaled to
+            the probe radius ρ_0, clipped to [ρ_min, ρ_max]; see the module docstring).
+        rho_min: lower clip of the "probe" rule (ignored by "published").
         **base_kwargs: passed to ``base_optimizer_cls`` (lr, momentum, weight_decay, ...).
 
     Logging attributes after each step: ``rho`` (radius for the *next* step), ``last_loss`` (L),
     ``last_perturbed_loss`` (L_p, None when ``sam=False``), ``last_gap`` (h = L_p − L, None when
-    ``sam=False``), ``steps`` (number of completed steps). All are Python floats/ints and are saved in
+    ``sam=False``), ``last_grad_norm`` (‖g‖ of the clean pass over θ), ``steps`` (number of completed steps). All are Python floats/ints and are saved in
     :meth:`state_dict`.
     """
 
@@ -109,9 +125,13 @@ class ASGA(torch.optim.Optimizer):
         sam: bool = True,
         align: bool = True,
         adaptive_rho: bool = True,
+        rho_rule: RhoRule = "published",
+        rho_min: float = 0.001,
         **base_kwargs: Any,
     ) -> None:
-        for name, value in (("rho_init", rho_init), ("rho_max", rho_max), ("beta", beta)):
+        if rho_rule not in RHO_RULES:
+            raise UserError(f"rho_rule={rho_rule!r} is unknown; use one of {', '.join(RHO_RULES)}")
+        for name, value in (("rho_init", rho_init), ("rho_max", rho_max), ("beta", beta), ("rho_min", rho_min)):
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"ASGA hyper-parameter {name}={value} is invalid; give a finite value >= 0")
         super().__init__(params, {})
@@ -120,7 +140,11 @@ class ASGA(torch.optim.Optimizer):
         self.model = model
         self.rho_init, self.rho_max, self.beta = float(rho_init), float(rho_max), float(beta)
         self.sam, self.align, self.adaptive_rho = bool(sam), bool(align), bool(adaptive_rho)
+        self.rho_rule, self.rho_min = rho_rule, float(rho_min)
+        if rho_rule == "probe" and not 0 < self.rho_min <= self.rho_max:
+            raise UserError(f"rho_rule='probe' needs 0 < rho_min <= rho_max, got rho_min={rho_min}, rho_max={rho_max}")
         self.rho = self.rho_init
+        self.last_grad_norm: float | None = None
         self.steps = 0
         self.last_loss: float | None = None
         self.last_perturbed_loss: float | None = None
@@ -177,6 +201,9 @@ class ASGA(torch.optim.Optimizer):
 
         loss = self._run(closure, params + extra)
         self.last_loss = loss
+        with torch.no_grad():
+            present = [p.grad for p in params if p.grad is not None]
+            self.last_grad_norm = float(_global_norm(present)) if present else 0.0
         if not self.sam:
             self.base_optimizer.step()
             self.last_perturbed_loss = self.last_gap = None
@@ -188,6 +215,7 @@ class ASGA(torch.optim.Optimizer):
         with torch.no_grad():
             present = [g for g in grads if g is not None]
             perturbations: list[Tensor | None] = [None] * len(params)
+            rho_used = self.rho
             if present:
                 norm = _global_norm(present)
                 scale = torch.where(norm > 0, self.rho / norm, torch.zeros_like(norm))
@@ -221,9 +249,18 @@ class ASGA(torch.optim.Optimizer):
         gap = perturbed_loss - loss
         self.last_perturbed_loss, self.last_gap = perturbed_loss, gap
         if self.adaptive_rho and math.isfinite(gap):
-            self.rho = min(self.rho_max, math.log1p(max(gap, 0.0)))
+            self.rho = self._next_rho(gap, rho_used)
         self.steps += 1
         return loss
+
+    def _next_rho(self, gap: float, rho_used: float) -> float:
+        """ρ_{t+1} from the gap h_t measured at radius ``rho_used`` (= ρ_t), per ``rho_rule``."""
+        if self.rho_rule == "published":
+            return min(self.rho_max, math.log1p(max(gap, 0.0)))
+        g2 = (self.last_grad_norm or 0.0) ** 2
+        ascent = gap + (self.beta * g2 if self.align else 0.0)  # the part of h due to the ρ·g/‖g‖ move
+        probe_gap = ascent * self.rho_init / max(rho_used, self.rho_min)
+        return min(self.rho_max, max(self.rho_min, math.log1p(max(probe_gap, 0.0))))
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict plus an ``"asga"`` entry (ρ, step count, last losses)."""
@@ -234,6 +271,7 @@ class ASGA(torch.optim.Optimizer):
             "last_loss": self.last_loss,
             "last_perturbed_loss": self.last_perturbed_loss,
             "last_gap": self.last_gap,
+            "last_grad_norm": self.last_grad_norm,
         }
         return state
 
@@ -245,3 +283,4 @@ class ASGA(torch.optim.Optimizer):
         self.rho, self.steps = float(asga["rho"]), int(asga["steps"])
         self.last_loss, self.last_perturbed_loss = asga["last_loss"], asga["last_perturbed_loss"]
         self.last_gap = asga["last_gap"]
+        self.last_grad_norm = asga.get("last_grad_norm")

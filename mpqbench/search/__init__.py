@@ -55,6 +55,9 @@ class SearchContext:
     progress: bool = True
     work_dir: Path | None = None  # where a method may checkpoint to resume a long search
     teacher_meta: dict[str, Any] | None = None  # set by load_teacher: the teacher checkpoint's meta (its cost)
+    # the budget window is [budget_floor, 1] × budget: methods that can choose how much to spend aim inside it
+    budget_floor: float = 0.9
+    precision: str = "fp32"  # "bf16": the network's forward under CPU/CUDA bf16 autocast (quantizers in fp32)
 
     def bitops_g(self, layers: dict[str, tuple[int, int]]) -> float:
         """Searchable-only BitOPs (1e9) of a per-layer assignment on the target geometry."""
@@ -96,6 +99,12 @@ class SearchOutcome:
     # final value (see :func:`settle_point`); None for one-shot methods
     settled_step: int | None = None
     settled_macs: float | None = None
+    # how the policy was read from the method's preferences ("ilp", "argmax", "uniform-p"; None: no such step)
+    extraction: str | None = None
+    # per layer {"w": nats, "a": nats}: how decided the method's final distributions were (None: no distributions)
+    entropy: dict[str, dict[str, float]] | None = None
+    # compact per-quarter-epoch log {"step", "macs", "loss", "bitops_ratio"[, "rho", "gap", "grad_norm"]}
+    trace: list[dict[str, Any]] | None = None
 
 
 def settle_point(history: list[dict[str, Any]]) -> tuple[int, float] | None:
@@ -122,6 +131,10 @@ class Method:
     needs_teacher: ClassVar[bool] = False
     # Searches directly on the target dataset (the expensive conventional reference).
     searches_on_target: ClassVar[bool] = False
+    # False for the controls, which choose a policy without running a network (0 MACs of search cost)
+    runs_network: ClassVar[bool] = True
+    # True for searches that iterate over the proxy and record a settle point; False for one-shot methods
+    iterative: ClassVar[bool] = True
 
     def search(self, ctx: SearchContext, hp: BaseModel) -> SearchOutcome:  # pragma: no cover - interface
         raise NotImplementedError

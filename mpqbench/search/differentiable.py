@@ -12,8 +12,15 @@ Complexity term (choice, methods.md): ``C(α) = Σ_l MACs_l · E[b_w,l] · E[b_a
 budgets. ``complexity_mode="target"`` (default) adds ``λ · (C/B − target_ratio)²``, which steers the expected
 BitOPs to the budget from either side, so the cross-entropy decides *where* the bits go while the total
 stays at the budget; ``"hinge"`` adds ``λ · relu(C/B − target_ratio)`` (only pushes down);
-``"linear"`` is EdMIPS's published ``λ · C/B``. The final policy is the argmax of softmax(α_w), softmax(α_a) per layer, then the
-budget repair of :mod:`mpqbench.search.repair` if needed.
+``"linear"`` is EdMIPS's published ``λ · C/B``.
+
+The final policy comes from the softmaxes by :mod:`mpqbench.search.extract`: by default (``extraction="ilp"``)
+the most probable joint assignment whose BitOPs lie in the suite's budget window [floor·B, B]; the published
+``"argmax"`` (argmax per layer, then the greedy repair of :mod:`mpqbench.search.repair`) is a named option.
+
+``entropy_weight`` (default 0, off) is our option to make the α's decide during the search: it adds
+``λ_H · (t/T) · mean_l [H(softmax α_w,l) + H(softmax α_a,l)]`` to the loss, ramped linearly from 0 at step 0
+to λ_H at the last step T, so the bit logits explore first and commit by the end.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from mpqbench.models import get_model
 from mpqbench.optim.asga import ASGA
 from mpqbench.quant import arch_parameters, build_supernet, mixed_layers, quantizer_parameters, weight_parameters
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method, settle_point
-from mpqbench.search.repair import repair_to_budget
+from mpqbench.search.extract import entropies, extract
 from mpqbench.utils import seed_everything, torch_save
 
 
@@ -52,6 +59,9 @@ class DiffHparams(BaseModel):
     complexity_weight: float = Field(5.0, ge=0, description="λ of the complexity term")
     complexity_mode: Literal["target", "hinge", "linear"] = "target"
     complexity_target: float = Field(1.0, gt=0, description="expected BitOPs aimed at, as a fraction of the budget")
+    extraction: Literal["ilp", "argmax"] = Field(
+        "ilp", description="ilp: most probable policy inside the budget window (default); argmax: published")
+    entropy_weight: float = Field(0.0, ge=0, description="λ_H of the ramped entropy term that makes the α's decide (0 = off)")
 
 
 class AsgaHparams(DiffHparams):
@@ -64,6 +74,9 @@ class AsgaHparams(DiffHparams):
     align: bool = True
     adaptive_rho: bool = True
     alpha_grad: Literal["mean", "clean", "perturbed"] = "mean"
+    rho_rule: Literal["published", "probe"] = Field(
+        "published", description="published: ρ = min(ρ_max, ln(1+h)) (collapses); probe: h read at ρ_0 (ours)")
+    rho_min: float = Field(0.001, gt=0, description="lower clip of the probe rule")
 
 
 class DifferentiableSearch(Method):
@@ -102,6 +115,16 @@ class DifferentiableSearch(Method):
             return hp.complexity_weight * F.relu(ratio - hp.complexity_target)
         return hp.complexity_weight * (ratio - hp.complexity_target).pow(2)
 
+    @staticmethod
+    def mean_entropy(supernet: nn.Module) -> torch.Tensor:
+        """mean over searchable layers of H(softmax α_w) + H(softmax α_a), in nats (differentiable)."""
+        terms = []
+        for layer in mixed_layers(supernet).values():
+            for alpha in (layer.alpha_w, layer.alpha_a):
+                logp = torch.log_softmax(alpha, 0)
+                terms.append(-(logp.exp() * logp).sum())
+        return torch.stack(terms).sum() / max(1, len(terms) // 2)
+
     def build_supernet(self, ctx: SearchContext) -> nn.Module:
         model = get_model(ctx.arch, num_classes=ctx.num_classes, in_channels=ctx.in_channels,
                           input_size=ctx.input_size, width=ctx.width)
@@ -130,7 +153,7 @@ class DifferentiableSearch(Method):
         if use_asga:
             opt_w = ASGA(w_groups, torch.optim.SGD, rho_init=hp.rho_init, rho_max=hp.rho_max, beta=hp.beta,
                          sam=hp.sam, align=hp.align, adaptive_rho=hp.adaptive_rho, model=supernet,
-                         lr=hp.lr_w, momentum=hp.momentum)
+                         rho_rule=hp.rho_rule, rho_min=hp.rho_min, lr=hp.lr_w, momentum=hp.momentum)
         else:
             opt_w = torch.optim.SGD(w_groups, lr=hp.lr_w, momentum=hp.momentum)
         opt_q = torch.optim.SGD(steps_q, lr=hp.lr_w, momentum=hp.momentum) if steps_q else None
@@ -176,6 +199,8 @@ class DifferentiableSearch(Method):
                     if aux is not None:
                         loss = loss + aux
                     loss = loss + self.complexity_loss(supernet, ctx, hp)
+                    if hp.entropy_weight > 0:
+                        loss = loss + hp.entropy_weight * (step / total_steps) * self.mean_entropy(supernet)
                     loss.backward()
                     return loss.detach()
 
@@ -196,7 +221,7 @@ class DifferentiableSearch(Method):
                     rec = {"step": step, "loss": float(loss), "bitops_ratio": float(self.complexity_ratio(supernet, ctx).detach()),
                            "macs": float(ctx.meter.macs_processed), "policy": _argmax_code(supernet)}
                     if use_asga:
-                        rec.update(rho=opt_w.rho, gap=opt_w.last_gap)
+                        rec.update(rho=opt_w.rho, gap=opt_w.last_gap, grad_norm=opt_w.last_grad_norm)
                     history.append(rec)
             epoch += 1
             if ckpt is not None and step < total_steps:
@@ -205,24 +230,27 @@ class DifferentiableSearch(Method):
                             "rng": torch.get_rng_state(), "history": json.dumps(history)}, ckpt)
         pbar.close()
 
-        layers, prefs = {}, {}
+        prefs = {}
         for name, layer in mixed_layers(supernet).items():
-            layers[name] = layer.argmax_bits()
             lw = torch.log_softmax(layer.alpha_w.detach().double(), 0).tolist()
             la = torch.log_softmax(layer.alpha_a.detach().double(), 0).tolist()
             prefs[name] = {"w": dict(zip(ctx.w_candidates, lw)), "a": dict(zip(ctx.a_candidates, la))}
-        raw_bitops_g = ctx.bitops_g(layers)
-        layers, repaired = repair_to_budget(layers, ctx.target_macs, ctx.budget_bitops_g,
-                                            ctx.w_candidates, ctx.a_candidates, preferences=prefs)
+        argmax_layers = {name: layer.argmax_bits() for name, layer in mixed_layers(supernet).items()}
+        raw_bitops_g = ctx.bitops_g(argmax_layers)
+        layers, repaired = extract(prefs, ctx.target_macs, ctx.budget_bitops_g, mode=hp.extraction,
+                                   floor=ctx.budget_floor, seed=ctx.seed, order=list(prefs))
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
         alpha_dump = {n: {"w": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_w.detach().softmax(0).tolist()],
                           "a": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_a.detach().softmax(0).tolist()]}
                       for n in layers}
         settled = settle_point(history)
+        trace = [{k: v for k, v in h.items() if k != "policy"} for h in history]
         return SearchOutcome(layers=layers, epochs=total_steps / steps_per_epoch, repaired=repaired,
-                             extra={"raw_bitops_g": raw_bitops_g, "history": history, "probs": alpha_dump},
-                             settled_step=settled[0] if settled else None, settled_macs=settled[1] if settled else None)
+                             extra={"raw_bitops_g": raw_bitops_g, "argmax_bitops_g": raw_bitops_g, "history": history,
+                                    "probs": alpha_dump},
+                             settled_step=settled[0] if settled else None, settled_macs=settled[1] if settled else None,
+                             extraction=hp.extraction, entropy=entropies(prefs), trace=trace)
 
 
 def _argmax_code(supernet) -> str:

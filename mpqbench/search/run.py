@@ -47,6 +47,10 @@ class SearchRequest:
     device: str = "auto"
     progress: bool = True
     work_dir: Path | None = None
+    budget_floor: float = 0.9
+    precision: str = "fp32"
+    length: float | None = None
+    curve: str | None = None
 
 
 def parse_hparams(method_cls, overrides: dict[str, Any]):
@@ -70,7 +74,13 @@ def target_geometry(arch: str, target: str, *, input_size: int | None, width: fl
 def run_search(req: SearchRequest, out: Path) -> Policy:
     from mpqbench.config import check_label
 
-    for what, value in (("--label", req.label), ("--proxy-label", req.proxy_label)):
+    if not 0 <= req.budget_floor <= 1:
+        raise UserError(f"--budget-floor {req.budget_floor} must be within [0, 1] (0.9 = spend at least 90 % of the budget)")
+    if req.precision not in ("fp32", "bf16"):
+        raise UserError(f"--precision {req.precision!r} is unknown; use fp32 or bf16")
+    if req.length is not None and not req.length > 0:
+        raise UserError(f"--length {req.length} must be > 0 (a multiple of the suite's default search length)")
+    for what, value in (("--label", req.label), ("--proxy-label", req.proxy_label), ("--curve", req.curve)):
         if value is not None:
             check_label(value, what)
     method_cls = get_method(req.method)
@@ -106,6 +116,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         searchable=searchable, fixed=fixed, budget_name=req.budget, budget_bitops_g=bitops_budget,
         w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
         device=device, meter=meter, teacher_ckpt=req.teacher, progress=req.progress, work_dir=req.work_dir,
+        budget_floor=req.budget_floor, precision=req.precision,
     )
     seed_everything(req.seed)
     t0 = time.perf_counter()
@@ -136,7 +147,8 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         fixed={n: LayerBits(w=w, a=a) for n, (w, a) in fixed_bits.items()},
         candidates=Candidates(w=ctx.w_candidates, a=ctx.a_candidates),
         achieved=Achieved(bitops_g_all=s.bitops_g_all, bitops_g_searchable=s.bitops_g_searchable,
-                          size_mb=s.size_mb, avg_w_bits=s.avg_w_bits, avg_a_bits=s.avg_a_bits),
+                          size_mb=s.size_mb, avg_w_bits=s.avg_w_bits, avg_a_bits=s.avg_a_bits,
+                          budget_used=s.bitops_g_searchable / bitops_budget),
         search=SearchInfo(proxy=proxy_label, seed=req.seed, epochs=outcome.epochs, proxy_dataset=req.proxy,
                           proxy_subset=req.proxy_subset, proxy_input_size=p_size, target_input_size=tgt_size,
                           width=req.width,
@@ -144,7 +156,9 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
                           wall_s=max(wall_s, cost["wall_s"]), macs_processed=cost["macs_processed"],
                           gpu_hours=cost["gpu_hours"], device=cost["device"], steps=cost["steps"],
                           repaired=outcome.repaired or repaired_now, settled_step=outcome.settled_step,
-                          settled_macs=outcome.settled_macs, **teacher_cost),
+                          settled_macs=outcome.settled_macs, budget_floor=req.budget_floor,
+                          extraction=outcome.extraction, length=req.length, curve=req.curve,
+                          precision=req.precision, entropy=outcome.entropy, trace=outcome.trace, **teacher_cost),
         provenance={**provenance(device), "search_extra": {k: v for k, v in outcome.extra.items() if k != "history"},
                     "history": outcome.extra.get("history", [])},
     )
