@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
@@ -99,10 +99,22 @@ class MethodConfig(_Strict):
     archs: list[Label] | None = Field(None, min_length=1, description="null = all archs")
     teacher: bool = Field(
         False,
-        description="the base method needs an FP teacher pretrained on the proxy (its needs_teacher; "
-        "tests/test_config.py checks the two agree)",
+        description="the base method needs an FP teacher (its needs_teacher; tests/test_config.py checks the two agree)",
     )
-    epochs: int | None = Field(None, ge=1, description="override search.epochs for this entry")
+    teacher_from: Literal["proxy", "target"] = Field(
+        "proxy",
+        description="proxy: an FP model pretrained on the proxy (GMPQ, HAWQ on the proxy); target: the target FP "
+        "start model that every fine-tune uses (hawq-target)",
+    )
+    epochs: float | None = Field(None, gt=0, description="override search.epochs for this entry")
+    lengths: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="extra entries '<label>-len<L>' searching L x this entry's epochs (own full schedule), on the "
+        "entry's first proxy, for the accuracy-vs-search-cost curve; the entry itself is length 1",
+    )
+    # set on the generated curve entries only (see SuiteConfig.entries); not for suite files
+    length: float | None = Field(None, gt=0, description="internal: this entry's length (curve entries)")
+    curve: Label | None = Field(None, description="internal: the length-1 entry this curve entry belongs to")
 
 
 class StageConfig(_Strict):
@@ -180,6 +192,15 @@ class SuiteConfig(_Strict):
         None, min_length=1, description="proxies of methods that list none; null = all proxies"
     )
     budgets: list[BudgetName] = Field(min_length=1)
+    budget_floor: float = Field(
+        0.9, ge=0, le=1,
+        description="budget window [budget_floor, 1] x budget: methods that choose how much to spend aim inside it, "
+        "and the leaderboard ranks only entries inside it (budget-matched)",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="numeric precision of search, fine-tune and evaluation forward passes (bf16 = autocast; "
+        "quantizer steps, rounding, BitOPs and ASGA's ρ/h stay fp32)",
+    )
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     methods: dict[Label, MethodConfig] = Field(min_length=1, description="leaderboard label -> base method")
     candidates: Candidates = Field(default_factory=Candidates)
@@ -200,6 +221,15 @@ class SuiteConfig(_Strict):
 
         check("proxy", "default_proxies", self.default_proxies, self.proxies)
         for label, m in self.methods.items():
+            if m.length is not None or m.curve is not None:
+                raise ValueError(f"methods.{label}: 'length' and 'curve' are set by the workflow for curve entries; "
+                                 "use 'lengths: [0.5, 2]' on the entry instead")
+            for length in m.lengths or []:
+                if f"{label}-len{length:g}" in self.methods:
+                    raise ValueError(f"methods.{label}.lengths: the curve entry {label}-len{length:g} clashes with a "
+                                     "method label of the same name; rename one")
+            if len(set(m.lengths or [])) != len(m.lengths or []) or 1 in (m.lengths or []):
+                raise ValueError(f"methods.{label}.lengths: {m.lengths} lists a length twice or 1 (the entry itself)")
             check("proxy", f"methods.{label}.proxies", m.proxies, self.proxies)
             check("budget", f"methods.{label}.budgets", m.budgets, self.budgets)
             check("arch", f"methods.{label}.archs", m.archs, self.archs)
@@ -209,13 +239,30 @@ class SuiteConfig(_Strict):
         return self
 
     # ---- derived views used by the workflow ---------------------------------------------------------------
+    def entries(self) -> dict[str, MethodConfig]:
+        """Every method label of the grid: the suite's ``methods`` and, after each one with ``lengths``, its
+        curve entries ``<label>-len<L>`` (epochs = L × the entry's epochs, on its first proxy)."""
+        out: dict[str, MethodConfig] = {}
+        for label, m in self.methods.items():
+            out[label] = m
+            base_epochs = m.epochs or self.search.epochs
+            for length in m.lengths or []:
+                name = f"{label}-len{length:g}"
+                out[name] = m.model_copy(update={
+                    "epochs": length * base_epochs, "lengths": None, "length": length, "curve": label,
+                    "proxies": [self._proxies_of(m)[0]]})
+        return out
+
+    def _proxies_of(self, m: MethodConfig) -> list[str]:
+        return m.proxies or self.default_proxies or list(self.proxies)
+
     def method_proxies(self, label: str) -> list[str]:
-        return self.methods[label].proxies or self.default_proxies or list(self.proxies)
+        return self._proxies_of(self.entries()[label])
 
     def runs(self) -> list[Run]:
         """Every (method, arch, budget, proxy, seed) cell, in config order."""
         out = []
-        for label, m in self.methods.items():
+        for label, m in self.entries().items():
             for arch in m.archs or self.archs:
                 for budget in m.budgets or self.budgets:
                     for proxy in self.method_proxies(label):
@@ -224,7 +271,9 @@ class SuiteConfig(_Strict):
 
     def teachers(self) -> list[tuple[str, str]]:
         """(arch, proxy label) pairs that need an FP teacher pretrained on the proxy."""
-        return sorted({(r.arch, r.proxy) for r in self.runs() if self.methods[r.method].teacher})
+        entries = self.entries()
+        return sorted({(r.arch, r.proxy) for r in self.runs()
+                       if entries[r.method].teacher and entries[r.method].teacher_from == "proxy"})
 
     def candidates_for(self, arch: str) -> Candidates:
         return self.archs[arch].candidates or self.candidates

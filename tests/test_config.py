@@ -44,9 +44,10 @@ def test_suite_files_pass_model_and_schema(name):
 def test_default_suite_grid():
     cfg = suite("default")
     runs = cfg.runs()
-    assert len(runs) == len(set(runs)) == 22
+    # 25 entries per seed at w3a3 (23 + the two ablations), 23 at w2.5a2.5, three seeds
+    assert len(runs) == len(set(runs)) == 3 * (25 + 23)
     assert cfg.target.dataset == "fashion-mnist" and list(cfg.archs) == ["resnet20"]
-    assert cfg.budgets == ["w3a3", "w2.5a2.5"] and len(cfg.seeds) >= 1
+    assert cfg.budgets == ["w3a3", "w2.5a2.5"] and cfg.seeds == [0, 1, 2] and cfg.budget_floor == 0.9
     by_method = {}
     for r in runs:
         by_method.setdefault(r.method, set()).add((r.budget, r.proxy))
@@ -62,6 +63,16 @@ def test_default_suite_grid():
     assert {p for _, p in by_method["edmips-target"]} == {"fashion-mnist"}
     assert cfg.proxies["fashion-mnist"].dataset == cfg.target.dataset
     assert {"uniform", "random", "edmips", "edmips-target", "gmpq", "asga", "gmpq-asga", "hawq"} <= set(by_method)
+    # equal terms: an argmax entry of edmips and asga per budget, the uniform-p control, both rho rules
+    for label in ("edmips-argmax", "asga-argmax", "uniform-p", "asga-probe", "hawq-target"):
+        assert {b for b, _ in by_method[label]} == {"w3a3", "w2.5a2.5"}, label
+    # accuracy-vs-search-cost curves: own full schedules at several lengths, on the entry's first proxy
+    entries = cfg.entries()
+    assert entries["edmips-target-len0.25"].epochs == 0.5 and entries["edmips-target-len2"].epochs == 4
+    assert entries["asga-len0.5"].epochs == 2.5 and entries["asga-len0.5"].curve == "asga"
+    assert by_method["asga-len2"] == {("w3a3", "digits"), ("w2.5a2.5", "digits")}
+    assert {m for m in by_method if m.startswith("asga-probe-len")} == {"asga-probe-len0.5", "asga-probe-len2"}
+    # one proxy teacher (digits); hawq-target uses the target FP start model, not a teacher of its own
     assert cfg.teachers() == [("resnet20", "digits")]
     assert cfg.datasets() == [("digits", None), ("fashion-mnist", None)]
 

@@ -35,6 +35,7 @@ POLICY = f"{WORK}/policies/{CELL}.json"
 QAT_CKPT = f"{WORK}/qat/{CELL}.pt"
 RECORD = f"{RUNS_DIR}/{SUITE.suite}/{CELL}.json"
 
+ENTRIES = SUITE.entries()  # method labels of the grid, curve entries (<label>-len<L>) included
 RECORDS = [RECORD.format(**run._asdict()) for run in SUITE.runs()]
 AGGREGATES = dict(
     leaderboard=f"{RESULTS}/leaderboard.csv",
@@ -51,7 +52,7 @@ def _alternatives(names):
 wildcard_constraints:
     arch=_alternatives(SUITE.archs),
     budget=_alternatives(SUITE.budgets),
-    method=_alternatives(SUITE.methods),
+    method=_alternatives(ENTRIES),
     proxy=_alternatives(SUITE.proxies),
     seed=r"\d+",
 
@@ -112,14 +113,18 @@ def pretrain_proxy_args(wildcards):
 
 
 def teacher_input(wildcards):
-    """The proxy's FP teacher for methods that need one, else nothing."""
-    if SUITE.methods[wildcards.method].teacher:
-        return TEACHER_CKPT.format(arch=wildcards.arch, proxy=wildcards.proxy)
-    return []
+    """The FP teacher for methods that need one (pretrained on the proxy, or the target FP start model for
+    ``teacher_from: target``), else nothing."""
+    m = ENTRIES[wildcards.method]
+    if not m.teacher:
+        return []
+    if m.teacher_from == "target":
+        return FP_CKPT.format(arch=wildcards.arch)
+    return TEACHER_CKPT.format(arch=wildcards.arch, proxy=wildcards.proxy)
 
 
 def search_args(wildcards):
-    m = SUITE.methods[wildcards.method]
+    m = ENTRIES[wildcards.method]
     arch, proxy = SUITE.archs[wildcards.arch], SUITE.proxies[wildcards.proxy]
     cand = SUITE.candidates_for(wildcards.arch)
     hparams = " ".join(
@@ -139,10 +144,14 @@ def search_args(wildcards):
         budget=wildcards.budget,
         seed=wildcards.seed,
         width=arch.width,
-        epochs=m.epochs or SUITE.search.epochs,
+        epochs=f"{m.epochs or SUITE.search.epochs:g}",
         batch_size=arch.search_batch_size or SUITE.search.batch_size,
         w_candidates=",".join(map(str, cand.w)),
         a_candidates=",".join(map(str, cand.a)),
+        budget_floor=SUITE.budget_floor,
+        precision=SUITE.precision,
+        length=None if m.length is None else f"{m.length:g}",
+        curve=m.curve,
     )
     return f"{args} {hparams}".strip()
 
