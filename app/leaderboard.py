@@ -10,6 +10,7 @@ published numbers from ``baselines/published.csv`` (or ``$MPQBENCH_PUBLISHED``).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -47,12 +48,38 @@ def load_published(path: str, mtime: float) -> pd.DataFrame:
     return lb.load_published(path)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def equal_terms(runs: pd.DataFrame, unmatched: bool) -> tuple[list[dict], pd.DataFrame]:
+    """Equal-accuracy gains (a 2,000-resample bootstrap) and curve points of one budget's runs, cached on
+    the runs, so widget changes that keep them do not recompute."""
+    if runs.empty:
+        return [], pd.DataFrame()
+    return (lb.equal_accuracy_gains(runs, include_unmatched=unmatched),
+            lb.curve_points(runs, include_unmatched=unmatched))
+
+
 def entry_label(method: str, proxy: str) -> str:
     return f"{method} @ {proxy}"
 
 
 def fmt_gain(gain: float) -> str:
     return "n/a" if pd.isna(gain) else f"{gain:+.0%}"
+
+
+def md(text: object) -> str:
+    """Record text (method, proxy, reason, path) for Markdown: links, emphasis, HTML and LaTeX stay literal."""
+    return re.sub(r"([\\`*_{}\[\]<>#!|~$])", r"\\\1", str(text))
+
+
+def tied_text(row: pd.Series) -> str:
+    """'best', 'tied', 'no' or 'n/a' for the ranking's paired-difference test against the best entry."""
+    if pd.isna(row["rank"]):
+        return ""
+    if row["rank"] == 1 and row["paired_diff_pp"] == 0 and row["paired_diff_ci"] == 0:
+        return "best"
+    if pd.isna(row["tied_with_best"]):
+        return "n/a (< 2 common seeds)"
+    return "tied" if row["tied_with_best"] else "no"
 
 
 # ---------------------------------------------------------------------------------------------- filters
@@ -106,6 +133,13 @@ def sidebar_filters(frame: pd.DataFrame) -> dict:
     if "failed" not in st.session_state:
         st.session_state["failed"] = st.query_params.get("failed") == "1"
     f["failed"] = st.sidebar.toggle("Show failed runs", key="failed")
+    if "unmatched" not in st.session_state:
+        st.session_state["unmatched"] = st.query_params.get("unmatched") == "1"
+    f["unmatched"] = st.sidebar.toggle(
+        "Include entries outside the budget window", key="unmatched",
+        help="An entry is budget-matched when every seed's policy uses between the suite's floor (e.g. 0.9) and "
+             "1.0 of the BitOPs budget on the searchable layers. Others are left out of the ranking, the ties and "
+             "the gains by default; switched on, they compete, marked 'not budget-matched'.")
     _sync("cost", list(COST_LABELS), multi=False, default="macs")
     f["cost"] = st.sidebar.radio("Search cost measure", list(COST_LABELS), key="cost",
                                  format_func=COST_LABELS.get,
@@ -119,6 +153,8 @@ def sidebar_filters(frame: pd.DataFrame) -> dict:
             params[k] = f[k]
     if f["failed"]:
         params["failed"] = "1"
+    if f["unmatched"]:
+        params["unmatched"] = "1"
     if f["cost"] != "macs":
         params["cost"] = f["cost"]
     set_query(params, FILTER_KEYS)
@@ -126,7 +162,7 @@ def sidebar_filters(frame: pd.DataFrame) -> dict:
     return f
 
 
-FILTER_KEYS = ("suite", "arch", "target", "budget", "proxy", "method", "failed", "cost")
+FILTER_KEYS = ("suite", "arch", "target", "budget", "proxy", "method", "failed", "unmatched", "cost")
 
 
 def set_query(params: dict, keys: tuple[str, ...]) -> None:
@@ -143,8 +179,8 @@ def set_query(params: dict, keys: tuple[str, ...]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def headline(ranked: pd.DataFrame, gains: pd.DataFrame, budget: str, cost: str) -> None:
-    scored = ranked[ranked["n_seeds"] > 0]
+def headline(ranked: pd.DataFrame, gains: pd.DataFrame, equal: list[dict], budget: str, cost: str) -> None:
+    scored = ranked[ranked["rank"].notna()]
     if scored.empty:
         st.info(f"No successful run at {budget} in this selection.")
         return
@@ -154,22 +190,49 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, budget: str, cost: str) 
     cols[0].metric(f"Best at {budget} (searched on {best['proxy']})", best["method"],
                    help="highest mean top-1 over seeds on the target test split")
     cols[1].metric("Its top-1 (%)", f"{best['top1_mean']:.2f}{ci}",
-                   help=f"mean ± 95 % CI over {best['n_seeds']} seed(s)")
+                   help=f"mean ± 95 % CI (Student-t half-width) over {best['n_seeds']} seed(s)")
     cols[2].metric("FP start model top-1 (%)", "n/a" if pd.isna(best["fp_top1_pct"]) else f"{best['fp_top1_pct']:.2f}")
     cols[3].metric("Its search cost (TMAC)", f"{best['search_macs_processed'] / TMAC:.3g}",
                    help=f"MACs processed by the search; {best['search_wall_s']:.0f} s wall")
+    tied = [entry_label(m, p) for m, p, t in zip(scored["method"], scored["proxy"], scored["tied_with_best"])
+            if not pd.isna(t) and bool(t)][1:]
+    if tied:
+        st.caption("Statistically tied with the best (95 % t-interval of the paired top-1 difference over common "
+                   "seeds contains 0): " + ", ".join(md(t) for t in tied))
     asga = gains[gains["method"] == "asga"]
     if asga.empty:
-        st.caption("ASGA has no successful run in this selection, so no efficiency gains are shown.")
+        st.caption("ASGA has no budget-matched successful run in this selection, so no efficiency gains are shown.")
         return
-    proxies = list(dict.fromkeys(ranked.loc[ranked["method"] == "asga", "proxy"]))
+    proxies = list(dict.fromkeys(ranked.loc[(ranked["method"] == "asga") & ranked["rank"].notna(), "proxy"]))
     proxy = proxies[0]
     if len(proxies) > 1:
         proxy = st.radio("ASGA searched on", proxies, horizontal=True, key="asga_proxy")
     asga = asga[asga["proxy"] == proxy]
+    eq = [e for e in equal if e["method"] == "asga" and e["proxy"] == proxy]
+    if eq:
+        e = eq[0]
+        key = "macs" if cost != "wall_s" else "wall_s"
+        block = e[key]
+        st.markdown(f"**ASGA (searched on {md(proxy)}) at equal accuracy** — against {md(e['reference'])} searched "
+                    f"at several lengths: the search cost at which its fitted accuracy curve reaches ASGA's "
+                    f"{e['proposed_top1_mean']:.2f}"
+                    + ("" if e.get("proposed_top1_ci") is None else f" ± {e['proposed_top1_ci']:.2f}")
+                    + " %, over ASGA's cost, − 1 (95 % bootstrap interval over seeds)")
+        c1, c2 = st.columns([2, 2])
+        c1.metric(f"At equal accuracy vs {e['reference'].replace('@', ' @ ')} "
+                  f"({'wall seconds' if key == 'wall_s' else 'search MACs'})",
+                  lb.format_gain(block["value"], block["bound"], block["ci_low"], block["ci_high"]), border=True,
+                  help="'>' / '<': the curves do not cross in the measured range, so only a bound is known")
+        ref_cost = block.get("reference_cost_at_equal_accuracy")
+        if ref_cost is not None:
+            unit = "s" if key == "wall_s" else "TMAC"
+            scale = 1.0 if key == "wall_s" else TMAC
+            c2.metric(f"Reference cost at ASGA's accuracy ({unit})",
+                      f"{'' if block['bound'] is None else block['bound'] + ' '}{ref_cost / scale:.3g}", border=True)
     gain_col = GAIN_COLS[cost]
-    st.markdown(f"**ASGA (searched on {proxy}) against each baseline at {budget}** — efficiency gain = "
-                f"cost_baseline / cost_ASGA − 1 on search {COST_LABELS[cost]}; delta = top-1 difference (pp)")
+    st.markdown(f"**ASGA (searched on {md(proxy)}) against each baseline at {budget}, fixed length** — efficiency "
+                f"gain = cost_baseline / cost_ASGA − 1 on search {COST_LABELS[cost]}, each search at its configured "
+                f"length whatever accuracy it reached; delta = top-1 difference (pp)")
     items = list(asga.itertuples(index=False))
     for start in range(0, len(items), 4):
         cols = st.columns(4)
@@ -183,6 +246,7 @@ def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) ->
     """The displayed table (labelled columns, units in the headers); ``runs`` (failed ones included)
     give each row's reproduce commands."""
     cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+    matched = ranked["budget_matched"]
     return pd.DataFrame({
         "Rank": ranked["rank"],
         "Method": ranked["method"],
@@ -190,9 +254,15 @@ def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) ->
         "Role": ranked["role"],
         "Top-1 (%)": ranked["top1_mean"],
         "± 95% CI (pp)": ranked["top1_ci"],
+        "Tied with best": [tied_text(r) for _, r in ranked.iterrows()],
+        "Paired diff vs best (pp)": ranked["paired_diff_pp"].astype("Float64"),
+        "± paired 95% CI (pp)": ranked["paired_diff_ci"].astype("Float64"),
         "Std (pp)": ranked["top1_std"],
         "Seeds (n)": ranked["n_seeds"],
         "Status": ranked["status"],
+        "Budget used (%)": ranked["budget_used"].astype("Float64") * 100,
+        "Budget window": ["" if pd.isna(m) else "matched" if m else "not budget-matched" for m in matched],
+        "Extraction": ranked["search_extraction"],
         "FP top-1 (%)": ranked["fp_top1_pct"],
         "BitOPs all (G)": ranked["bitops_g_all"],
         "BitOPs searchable (G)": ranked["bitops_g_searchable"],
@@ -215,6 +285,16 @@ TABLE_CONFIG = {
     "Rank": st.column_config.NumberColumn("Rank", format="%d", help="by mean top-1 within suite/arch/target/budget"),
     "Top-1 (%)": st.column_config.NumberColumn(format="%.2f", help="mean over seeds, target test split"),
     "± 95% CI (pp)": st.column_config.NumberColumn(format="%.2f", help="Student-t half-width; empty for one seed"),
+    "Tied with best": st.column_config.TextColumn(
+        help="paired test against the best entry: the 95 % t-interval of the mean top-1 difference over the seeds "
+             "both have (same search and fine-tune seed) contains 0; n/a with fewer than 2 common seeds"),
+    "Paired diff vs best (pp)": st.column_config.NumberColumn(format="%+.2f", help="mean over common seeds"),
+    "± paired 95% CI (pp)": st.column_config.NumberColumn(format="%.2f"),
+    "Budget used (%)": st.column_config.NumberColumn(
+        format="%.1f", help="searchable BitOPs / budget, mean over seeds; matched = every seed in [floor, 1]"),
+    "Extraction": st.column_config.TextColumn(
+        help="how a differentiable search turned its bit logits into a policy: ilp (budget-matched), argmax "
+             "(as published), uniform-p (control: the ILP with uniform preferences)"),
     "Std (pp)": st.column_config.NumberColumn(format="%.2f"),
     "FP top-1 (%)": st.column_config.NumberColumn(format="%.2f", help="full-precision start model"),
     "BitOPs all (G)": st.column_config.NumberColumn(format="%.4g", help="stem and classifier at 8x8 included"),
@@ -279,16 +359,85 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
         return None, zero
     title = {"macs": "Search cost (TMAC, log)", "macs_teacher": "Search + proxy-teacher cost (TMAC, log)",
              "wall_s": "Search wall time (s, log)"}[cost]
+    data = data.assign(lo=data["top1_mean"] - data["top1_ci"].fillna(0), hi=data["top1_mean"] + data["top1_ci"].fillna(0))
+    bars = alt.Chart(data).mark_rule(opacity=0.5).encode(
+        x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)), y="lo:Q", y2="hi:Q",
+        color=alt.Color("method:N", title="Method"))
     chart = alt.Chart(data).mark_point(filled=True, size=90).encode(
         x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)),
         y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14)),
         color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
         tooltip=[alt.Tooltip("entry:N", title="method @ proxy"),
                  alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
+                 alt.Tooltip("top1_ci:Q", title="± CI (pp)", format=".2f"),
                  alt.Tooltip("cost:Q", title=title.replace(", log", ""), format=".4g"),
                  alt.Tooltip("search_wall_s:Q", title="wall (s)", format=".1f")],
-    ).properties(height=420, title=f"Accuracy vs search cost at {budget}").interactive()
-    return chart, zero
+    )
+    return (bars + chart).properties(height=420, title=f"Accuracy vs search cost at {budget} (mean ± 95 % CI)"
+                                     ).interactive(), zero
+
+
+def curves_chart(points: pd.DataFrame, budget: str) -> alt.Chart | None:
+    """Top-1 mean ± 95 % CI against mean search MACs, one line per accuracy-vs-search-cost curve (an entry
+    searched at several lengths) at this budget; None when no curve has two points."""
+    data = points[(points["n_points"] > 1) & (points["macs"] > 0)]
+    if data.empty:
+        return None
+    data = data.assign(curve_label=[entry_label(c, p) for c, p in zip(data["curve"], data["proxy"])],
+                       tmac=data["macs"] / TMAC, lo=data["top1_mean"] - data["top1_ci"].fillna(0),
+                       hi=data["top1_mean"] + data["top1_ci"].fillna(0))
+    x = alt.X("tmac:Q", title="Search cost (TMAC, log)", scale=alt.Scale(type="log", padding=14))
+    y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14))
+    color = alt.Color("curve_label:N", title="Curve (method @ proxy)")
+    tooltip = [alt.Tooltip("method:N", title="entry"), alt.Tooltip("length:Q", title="search length (x default)"),
+               alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
+               alt.Tooltip("top1_ci:Q", title="± 95% CI (pp)", format=".2f"), alt.Tooltip("n_seeds:Q", title="seeds"),
+               alt.Tooltip("tmac:Q", title="search TMAC", format=".4g"),
+               alt.Tooltip("wall_s:Q", title="search wall (s)", format=".1f")]
+    base = alt.Chart(data)
+    line = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=70)).encode(
+        x=x, y=y, color=color, detail="curve_label:N", order="tmac:Q", tooltip=tooltip)
+    bars = base.mark_rule(opacity=0.6).encode(x=x, y="lo:Q", y2="hi:Q", color=color)
+    return (bars + line).properties(
+        height=380, title=f"Accuracy vs search cost at several search lengths, {budget} (mean ± 95 % CI)").interactive()
+
+
+def trace_chart(trace: list) -> tuple[alt.Chart | None, str]:
+    """ASGA's perturbation radius ρ_t, sharpness gap h_t and gradient norm ‖g‖ over the search steps
+    (``search.trace``, every quarter epoch), and a one-line summary; (None, "") for a trace without ρ."""
+    rows = [t for t in trace or [] if isinstance(t, dict) and isinstance(t.get("step"), (int, float))
+            and isinstance(t.get("rho"), (int, float))]
+    if not rows:
+        return None, ""
+    names = {"rho": "ρ_t (radius)", "gap": "h_t = L_p − L (sharpness gap)", "grad_norm": "‖g‖ (gradient norm)"}
+    long = pd.DataFrame([{"step": t["step"], "quantity": names[k], "value": float(t[k])}
+                         for t in rows for k in names if isinstance(t.get(k), (int, float))])
+    charts = [alt.Chart(long[long["quantity"] == q]).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="search step"), y=alt.Y("value:Q", title=q),
+        tooltip=["step:Q", alt.Tooltip("value:Q", format=".4g")]).properties(height=140)
+        for q in names.values() if (long["quantity"] == q).any()]
+    rho = [float(t["rho"]) for t in rows]
+    low = [t["step"] for t in rows if float(t["rho"]) < 1e-3]
+    text = (f"ρ over {len(rho)} logged points: max {max(rho):.3g}, last {rho[-1]:.3g}; "
+            + (f"below 0.001 at {len(low)} of them (first at step {low[0]:g})" if low else "never below 0.001"))
+    return alt.vconcat(*charts).properties(title="ASGA's adaptive radius over the search"), text
+
+
+def equal_table(equal: list[dict]) -> pd.DataFrame:
+    """The equal-accuracy gains of this budget, formatted (value or bound, [95 % interval])."""
+    t = lb.equal_accuracy_table(equal)
+    return pd.DataFrame({
+        "Method": t["method"], "Proxy": t["proxy"], "Reference": t["reference"],
+        "Top-1 (%)": t["top1_mean"].round(2),
+        "± 95% CI (pp)": t["top1_ci"].astype(float).round(2),
+        "Gain at equal accuracy, MACs [95% CI]": [lb.format_gain(*v) for v in
+                                                  zip(t["gain"], t["bound"], t["ci_low"], t["ci_high"])],
+        "Gain at equal accuracy, wall [95% CI]": [lb.format_gain(*v) for v in zip(
+            t["gain_wall_s"], t["bound_wall_s"], t["ci_low_wall_s"], t["ci_high_wall_s"])],
+        "Fixed-length gain, MACs": [lb.format_gain(v, None) for v in t["fixed_length_gain_macs"]],
+        "Reference cost at equal accuracy (TMAC)": t["reference_macs_at_equal_accuracy"] / TMAC,
+        "Search cost (TMAC)": t["search_macs_processed"] / TMAC,
+    })
 
 
 def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
@@ -329,9 +478,15 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
 
     run = mine[mine["seed"] == seed].iloc[0]
     cmds = lb.reproduce_commands(run)
-    st.markdown(f"**{label}, seed {seed}** — status `{run['status']}`"
-                + (f" ({run['reason']})" if run["status"] != "ok" and pd.notna(run["reason"]) else "")
-                + f", record `{run['record_path']}`, run id `{run['run_id']}`")
+    used = run.get("budget_used")
+    budget_note = "" if pd.isna(used) else (
+        f", budget used {used:.1%} (window [{run['budget_floor']:g}, 1]: "
+        f"{'matched' if run['budget_matched'] else 'not budget-matched'})")
+    extraction = run.get("search_extraction")
+    st.markdown(f"**{md(label)}, seed {seed}** — status {md(run['status'])}"
+                + (f" ({md(run['reason'])})" if run["status"] != "ok" and pd.notna(run["reason"]) else "")
+                + budget_note + ("" if pd.isna(extraction) else f", extraction {md(extraction)}")
+                + f", record {md(run['record_path'])}, run id {md(run['run_id'])}")
     st.code(f"{cmds['snakemake']}\n{cmds['search']}", language="bash", wrap_lines=True)
     st.caption("Snakemake reproduces the run exactly (search, fine-tune, evaluate); the `mpqbench search` line "
                "restates every search setting the record stores (method, proxy data and subset, input sizes, "
@@ -340,9 +495,26 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
 
     if not res.records:
         return
+    record = res.records.get(run["run_id"]) or {}
+    search = record.get("search") if isinstance(record.get("search"), dict) else {}
+    chart, text = trace_chart(search.get("trace"))
+    if chart is not None:
+        st.altair_chart(chart, width="stretch")
+        st.caption(text + " (search.trace of this record, every quarter epoch).")
+    entropy = search.get("entropy")
+    if isinstance(entropy, dict) and entropy:
+        with st.expander("Entropy of each layer's final bit-width softmax (nats)"):
+            ent = pd.DataFrame([{"Layer": k, "Weights (nats)": v.get("w"), "Activations (nats)": v.get("a")}
+                                for k, v in sorted(entropy.items(), key=lambda kv: lb.natural_key(kv[0]))
+                                if isinstance(v, dict)])
+            st.dataframe(ent, hide_index=True)
+            st.caption("ln 3 = 1.10 nats is an undecided choice among three bit-widths; 0 a decided one.")
     # Every method's policy at the same suite/arch/target/budget: the chosen seed, else the entry's lowest seed.
+    shown = set(zip(ranked["method"], ranked["proxy"]))
     picked = []
     for (m, p), part in runs_budget.groupby(["method", "proxy"], sort=False):
+        if (m, p) not in shown:
+            continue
         part = part.sort_values("seed")
         row = part[part["seed"] == seed]
         picked.append((row if len(row) else part).iloc[0]["run_id"])
@@ -436,24 +608,35 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
         st.info("No runs match these filters at this budget. Widen the proxy or method selection, choose another "
                 "budget, or switch on 'Show failed runs'.")
         return
-    ranked_all = lb.rank_methods(every_all)
-    if not f["failed"]:
-        ranked_all = ranked_all[ranked_all["n_seeds"] > 0].reset_index(drop=True)
+    ranked_every = lb.rank_methods(every_all, include_unmatched=f["unmatched"])
+    default_length = (ranked_every["search_length"].astype(float) - 1.0).abs() <= 1e-9
+    shown = default_length & (ranked_every["rank"].notna() | (f["failed"] & (ranked_every["n_seeds"] == 0)))
+    ranked_all = ranked_every[shown].reset_index(drop=True)
+    hidden = ranked_every[default_length & ranked_every["rank"].isna() & (ranked_every["n_seeds"] > 0)
+                          & (ranked_every["budget"] == f["budget"])]
     pareto = lb.pareto_front(ranked_all)
     at_budget = ranked_all["budget"] == f["budget"]
     ranked = ranked_all[at_budget].reset_index(drop=True)
     pareto_b = pareto[at_budget].reset_index(drop=True)
-    gains = lb.efficiency_gains(ranked)
+    gains = lb.efficiency_gains(ranked, include_unmatched=f["unmatched"])
+    equal, points = equal_terms(every, f["unmatched"])
 
-    headline(ranked, gains, f["budget"], f["cost"])
+    headline(ranked, gains, equal, f["budget"], f["cost"])
 
     st.subheader(f"Ranking at {f['budget']}")
     table = ranked_table(ranked, every, pareto_b)
     event = st.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
                          selection_mode="single-row", key="board")
     board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    st.caption("Entries = method × proxy, aggregated over seeds (status ok only). Efficiency gain of M over B = "
-               "cost_B / cost_M − 1 on search cost. Select a row to see its policy below.")
+    st.caption("Entries = method × proxy at the suite's default search length, aggregated over seeds (status ok "
+               "only); mean ± 95 % Student-t interval; 'Tied with best' by paired differences across seeds. "
+               "Efficiency gain of M over B = cost_B / cost_M − 1 on search cost. Select a row to see its policy "
+               "below.")
+    if len(hidden):
+        st.warning("Not budget-matched, left out of the ranking, ties and gains (switch on 'Include entries outside "
+                   "the budget window' to include them): "
+                   + "; ".join(f"{md(entry_label(m, p))}: {md(r)}" for m, p, r in
+                               zip(hidden["method"], hidden["proxy"], hidden["unranked"])))
 
     left, right = st.columns(2)
     with left:
@@ -465,8 +648,20 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
         if zero:
             st.caption("Zero search cost (not drawn on the log axis): " + ", ".join(zero))
 
+    curves = curves_chart(points, f["budget"]) if len(points) else None
+    if curves is not None:
+        st.subheader(f"Search cost at equal accuracy ({f['budget']})")
+        st.altair_chart(curves, width="stretch")
+        if equal:
+            st.dataframe(equal_table(equal), hide_index=True)
+        st.caption("Each line is one method searched at several lengths (fractions and multiples of the suite's "
+                   "default search, each a full schedule, fine-tuned and evaluated like any entry). The gain at "
+                   "equal accuracy reads the reference's cost off its curve, fitted non-decreasing (isotonic) and "
+                   "joined linearly, at the entry's mean top-1; '>' / '<' = the curves do not cross in the measured "
+                   "range; intervals: bootstrap over seeds (paired), 95 %.")
+
     if not gains.empty:
-        with st.expander("Efficiency gains of ASGA and GMPQ-ASGA over every other method (this budget)"):
+        with st.expander("Fixed-length efficiency gains of ASGA and GMPQ-ASGA over every other method (this budget)"):
             st.dataframe(gains_table(gains), hide_index=True, column_config={
                 c: st.column_config.NumberColumn(format="%+.1f") for c in
                 ("Efficiency gain, MACs (%)", "Efficiency gain, wall (%)", "Top-1 difference (pp)")})

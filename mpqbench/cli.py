@@ -64,6 +64,8 @@ def _train_args(p: argparse.ArgumentParser, *, epochs: float, lr: float, batch: 
     p.add_argument("--subset", type=int, default=None, help="train on a seeded, stratified subset of N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the network's forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def _train_config(args: argparse.Namespace, *, weight_decay: float):
     from mpqbench.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, amp=not args.no_amp,
+                       device=args.device, amp=not args.no_amp, precision=args.precision,
                        weight_decay=args.weight_decay if args.weight_decay is not None else weight_decay)
 
 
@@ -197,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     record = evaluate_run(ckpt_path=Path(args.ckpt), policy_path=Path(args.policy), fp_path=Path(args.fp),
                           dataset=args.dataset, data_root=args.data_root, suite=args.suite, out=Path(args.out),
-                          device=args.device, batch_size=args.batch_size)
+                          device=args.device, batch_size=args.batch_size, precision=args.precision)
     m = record["metrics"]
     print(f"{record['method']} {record['arch']} {record['budget']['name']} seed {record['seed']}: "
           f"top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% -> {args.out}")
@@ -215,7 +217,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import aggregate
 
-    out = aggregate(runs_dir=Path(args.runs), out_dir=Path(args.out_dir), figures=not args.no_figures)
+    out = aggregate(runs_dir=Path(args.runs), out_dir=Path(args.out_dir), figures=not args.no_figures,
+                    bench_dir=Path(args.bench_dir) if args.bench_dir else None)
     print(f"aggregated {out['records']} records -> {args.out_dir}")
     return 0
 
@@ -313,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--suite", type=_label, default="adhoc")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -321,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results")
     p.add_argument("--no-figures", action="store_true", help="only the table and summary (the workflow's "
                    "figures rule draws the figures)")
+    p.add_argument("--bench-dir", default=None, help="the workflow's benchmark folder (logs/benchmarks/<suite>): "
+                   "write jobs.tsv and the suite's cost into summary.json (default: reuse <out-dir>/jobs.tsv)")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("figures", help="draw results/figures/*.png from run records")

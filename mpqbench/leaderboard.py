@@ -11,8 +11,14 @@ Vocabulary
 
 Conventions
     top-1 in percent; BitOPs in G (1e9); search cost as MACs processed (hardware independent) or wall s.
-    Efficiency gain of entry M over entry B (same group) = cost_B / cost_M - 1, reported with the
-    target-accuracy difference mean_top1(M) - mean_top1(B) in percentage points.
+    budget_used = searchable BitOPs / budget BitOPs; a run is budget-matched when it lies in the budget
+    window [floor, 1] (floor = the suite's ``budget_floor``, 0.9 when a record does not say; 1e-9 slack).
+    Rankings, ties and gains use only budget-matched entries at the suite's default search length unless
+    asked otherwise (``include_unmatched``); the others are listed with the reason (``unranked``).
+    Fixed-length efficiency gain of entry M over entry B (same group) = cost_B / cost_M - 1, reported with
+    the target-accuracy difference mean_top1(M) - mean_top1(B) in percentage points. The efficiency gain
+    at equal accuracy (:func:`equal_accuracy_gains`) reads the reference's cost off its accuracy-vs-search-
+    cost curve instead.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -32,11 +39,14 @@ import pandas as pd
 from mpqbench.errors import UserError
 
 RESULTS_ENV = "MPQBENCH_RESULTS"
-PROPOSED: tuple[str, ...] = ("asga", "gmpq-asga")
-ABLATIONS: tuple[str, ...] = ("asga-sam", "asga-sam-align")
+PROPOSED: tuple[str, ...] = ("asga", "asga-probe", "asga-decide", "gmpq-asga")
+ABLATIONS: tuple[str, ...] = ("asga-sam", "asga-sam-align", "asga-argmax")
 GROUP: list[str] = ["suite", "arch", "target", "budget"]
 ENTRY: list[str] = GROUP + ["method", "proxy"]
 RUN_KEY: list[str] = ENTRY + ["seed"]
+DEFAULT_BUDGET_FLOOR = 0.9  # lower edge of the budget window when a record does not carry search.budget_floor
+BUDGET_SLACK = 1e-9  # tolerance on both edges of the budget window
+REFERENCE = "edmips-target"  # the reference whose accuracy-vs-search-cost curve sets the equal-accuracy gain
 
 # The flat frame / leaderboard.csv: column -> dtype, in output order. Units are in the names.
 COLUMNS: dict[str, str] = {
@@ -55,6 +65,9 @@ COLUMNS: dict[str, str] = {
     "loss": "Float64",
     "fp_top1_pct": "Float64",
     "budget_bitops_g": "Float64",
+    "budget_used": "Float64",  # searchable BitOPs / budget (record's achieved.budget_used, else computed)
+    "budget_floor": "Float64",  # lower edge of the budget window (record's search.budget_floor, else 0.9)
+    "budget_matched": "boolean",  # budget_floor <= budget_used <= 1 (1e-9 slack)
     "bitops_g_all": "Float64",
     "bitops_g_searchable": "Float64",
     "size_mb": "Float64",
@@ -70,6 +83,10 @@ COLUMNS: dict[str, str] = {
     "search_settled_step": "Int64",
     "search_macs_to_settle": "Float64",
     "search_hparams": "string",
+    "search_extraction": "string",  # ilp / argmax / uniform-p (differentiable searches); empty otherwise
+    "search_length": "Float64",  # search length as a multiple of the suite's default (missing: 1)
+    "search_curve": "string",  # the length-1 label whose cost curve this entry is on (missing: the method)
+    "search_precision": "string",  # fp32 / bf16 (missing: fp32)
     "proxy_dataset": "string",
     "proxy_subset": "Int64",
     "proxy_input_size": "Int64",
@@ -82,6 +99,7 @@ COLUMNS: dict[str, str] = {
     "finetune_epochs": "Float64",
     "finetune_wall_s": "Float64",
     "finetune_macs_processed": "Float64",
+    "finetune_precision": "string",  # fp32 / bf16 (missing: fp32)
     "git_commit": "string",
     "git_dirty": "boolean",
     "mpqbench": "string",
@@ -103,6 +121,8 @@ _FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "loss": ("metrics", "loss"),
     "fp_top1_pct": ("fp_top1",),
     "budget_bitops_g": ("budget", "bitops_g"),
+    "budget_used": ("achieved", "budget_used"),
+    "budget_floor": ("search", "budget_floor"),
     "bitops_g_all": ("achieved", "bitops_g_all"),
     "bitops_g_searchable": ("achieved", "bitops_g_searchable"),
     "size_mb": ("achieved", "size_mb"),
@@ -116,6 +136,11 @@ _FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "search_repaired": ("search", "repaired"),
     "search_settled_step": ("search", "settled_step"),
     "search_macs_to_settle": ("search", "settled_macs"),
+    "search_extraction": ("search", "extraction"),
+    "search_length": ("search", "length"),
+    "search_curve": ("search", "curve"),
+    "search_precision": ("search", "precision"),
+    "finetune_precision": ("finetune", "precision"),
     "proxy_dataset": ("search", "proxy_dataset"),
     "proxy_subset": ("search", "proxy_subset"),
     "proxy_input_size": ("search", "proxy_input_size"),
@@ -263,6 +288,33 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(RUN_KEY + ["run_id"], kind="mergesort", ignore_index=True)
 
 
+def _finite(col: pd.Series) -> pd.Series:
+    """Float64 with NaN/inf as NA."""
+    col = col.astype("Float64")
+    return col.where(col.notna() & np.isfinite(col.astype("float64").fillna(np.nan)))
+
+
+def _fill_derived(df: pd.DataFrame) -> pd.DataFrame:
+    """The fields that older records (or CSVs) lack, from what they have (a typed frame in, one out):
+    budget_used = bitops_g_searchable / budget_bitops_g, budget_floor = 0.9, search_length = 1,
+    search_curve = the method label, precisions = fp32; budget_matched is always recomputed from
+    budget_used and budget_floor (NA when budget_used is unknown)."""
+    df = df.copy()
+    budget = _finite(df["budget_bitops_g"])
+    computed = _finite(df["bitops_g_searchable"]) / budget.where(budget > 0)
+    used = _finite(df["budget_used"]).fillna(_finite(computed))
+    floor = _finite(df["budget_floor"]).fillna(DEFAULT_BUDGET_FLOOR)
+    df["budget_used"] = used
+    df["budget_floor"] = floor
+    matched = (used >= floor - BUDGET_SLACK) & (used <= 1.0 + BUDGET_SLACK)
+    df["budget_matched"] = matched.astype("boolean").where(used.notna())
+    df["search_length"] = _finite(df["search_length"]).fillna(1.0)
+    df["search_curve"] = df["search_curve"].astype("string").fillna(df["method"].astype("string"))
+    for col in ("search_precision", "finetune_precision"):
+        df[col] = df[col].astype("string").fillna("fp32")
+    return _typed(df)
+
+
 def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Flatten run records to one row per record with the columns of :data:`COLUMNS`, sorted by
     (suite, arch, target, budget, method, proxy, seed). Deterministic: the same records give the
@@ -276,7 +328,13 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         row["base_method"] = rec.get("base_method") or rec.get("method")
         for col, path in _FLAT_PATHS.items():
             value = _get(rec, path)
-            row[col] = None if isinstance(value, (dict, list)) else value
+            if isinstance(value, (dict, list)):
+                value = None
+            elif COLUMNS[col] == "Float64" and value is not None and not _is_number(value):
+                value = None  # a non-number (or NaN/inf) where a number belongs reads as missing
+            elif COLUMNS[col] == "Int64" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                value = None
+            row[col] = value
         if row["cuda"] is not None:
             row["cuda"] = str(row["cuda"])
         hparams = _get(rec, ("search", "hparams"))
@@ -287,7 +345,7 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         row["n_layers"] = len(rec.get("layers") or {})
         row["record_path"] = record_relpath(rec)
         rows.append(row)
-    return _typed(pd.DataFrame(rows, columns=list(COLUMNS)))
+    return _fill_derived(_typed(pd.DataFrame(rows, columns=list(COLUMNS))))
 
 
 def frame_to_csv(df: pd.DataFrame) -> str:
@@ -324,7 +382,7 @@ def read_leaderboard_csv(path: str | os.PathLike) -> pd.DataFrame:
                 df[col] = df[col].map({"True": True, "False": False, "true": True, "false": False})
             elif dtype in ("Int64", "Float64"):
                 df[col] = pd.to_numeric(df[col], errors="raise")
-        return _typed(df)
+        return _fill_derived(_typed(df))
     except (ValueError, TypeError) as exc:
         raise UserError(f"{path} has a malformed value ({exc}); regenerate it with `mpqbench aggregate`") from exc
 
@@ -419,11 +477,14 @@ def t_quantile(confidence: float, dof: int | np.ndarray) -> float | np.ndarray:
 _MEAN_COLS = {
     "fp_top1_pct": "fp_top1_pct",
     "budget_bitops_g": "budget_bitops_g",
+    "budget_used": "budget_used",
+    "budget_floor": "budget_floor",
     "bitops_g_all": "bitops_g_all",
     "bitops_g_searchable": "bitops_g_searchable",
     "size_mb": "size_mb",
     "avg_w_bits": "avg_w_bits",
     "avg_a_bits": "avg_a_bits",
+    "search_length": "search_length",
     "search_macs_processed": "search_macs_processed",
     "search_wall_s": "search_wall_s",
     "search_gpu_hours": "search_gpu_hours",
@@ -432,22 +493,67 @@ _MEAN_COLS = {
     "teacher_wall_s": "teacher_wall_s",
     "finetune_wall_s": "finetune_wall_s",
 }
+_LENGTH_TOL = 1e-9
 
 
-def rank_methods(df: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
+def _derived(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every column of :data:`COLUMNS` and its derived fields (hand-built frames lack some)."""
+    return df if all(c in df for c in COLUMNS) else _fill_derived(_typed(df.copy()))
+
+
+def _seed_top1(df: pd.DataFrame) -> dict[tuple, dict[int, float]]:
+    """{entry key (ENTRY values): {seed: top-1}} over runs with status ok and a finite top-1."""
+    out: dict[tuple, dict[int, float]] = {}
+    ok = df[(df["status"] == "ok") & df["top1_pct"].notna()]
+    for key, seed, top1 in zip(ok[ENTRY].itertuples(index=False, name=None), ok["seed"], ok["top1_pct"]):
+        if math.isfinite(float(top1)):
+            out.setdefault(tuple(key), {})[int(seed)] = float(top1)
+    return out
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], *,
+                      confidence: float = 0.95) -> tuple[float, float, int]:
+    """Mean and ``confidence`` t-interval half-width of top-1(a) - top-1(b) over the seeds both have
+    (runs are paired by seed: the fine-tune seed equals the search seed), and that number of seeds.
+    Half-width NaN with fewer than 2 common seeds; mean NaN with none."""
+    common = sorted(set(a) & set(b))
+    diffs = np.array([a[s] - b[s] for s in common], dtype=float)
+    if len(diffs) == 0:
+        return math.nan, math.nan, 0
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, math.nan, 1
+    half = t_quantile(confidence, len(diffs) - 1) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
+    return mean, float(half), len(diffs)
+
+
+def rank_methods(df: pd.DataFrame, *, confidence: float = 0.95, include_unmatched: bool = False) -> pd.DataFrame:
     """One row per entry (suite, arch, target, budget, method, proxy), aggregated over seeds.
 
     Statistics use only runs with status ok: ``top1_mean``, ``top1_std`` (sample, ddof=1),
     ``top1_ci`` = t-based half-width of the ``confidence`` interval of the mean (NA for one seed),
-    and the mean of every cost column. ``rank`` = 1 + number of entries in the group with a higher
-    mean top-1 (ties share a rank; entries without an ok run get no rank). Failed runs only show
-    up in ``n_failed`` and ``status``.
+    and the mean of every cost column (``budget_used`` too). ``budget_matched``: every ok run of the
+    entry lies in its budget window (NA without an ok run).
+
+    Ranked entries: at least one ok run, at the suite's default search length (``search_length`` 1;
+    the other lengths are points of an accuracy-vs-search-cost curve, see :func:`curve_points`) and,
+    unless ``include_unmatched``, budget-matched. ``rank`` = 1 + number of ranked entries in the group
+    with a higher mean top-1 (ties share a rank); the others get no rank and say why in ``unranked``.
+    Failed runs only show up in ``n_failed`` and ``status``.
+
+    Statistical ties by paired differences: the group's best ranked entry (first by rank, then method,
+    proxy) is compared with every ranked entry over the seeds both have: ``paired_diff_pp`` (mean of
+    top-1(entry) - top-1(best) per seed), ``paired_diff_ci`` (its t-interval half-width), ``paired_n``
+    (common seeds) and ``tied_with_best`` (the interval contains 0; NA with fewer than 2 common seeds;
+    True for the best itself). This is not the overlap of the two entries' intervals: pairing by seed
+    removes the variance the runs of one seed share (the same fine-tune seed and data order).
     """
-    cols = ENTRY + ["rank", "role", "n_seeds", "n_failed", "status", "seeds", "top1_mean", "top1_std",
-                    "top1_ci", *_MEAN_COLS, "repaired", "run_ids"]
+    cols = ENTRY + ["rank", "role", "unranked", "n_seeds", "n_failed", "status", "seeds", "top1_mean", "top1_std",
+                    "top1_ci", "tied_with_best", "paired_diff_pp", "paired_diff_ci", "paired_n", *_MEAN_COLS,
+                    "budget_matched", "search_curve", "search_extraction", "repaired", "run_ids"]
     if df.empty:
         return pd.DataFrame(columns=cols)
-    df = df.sort_values(RUN_KEY + ["run_id"], kind="mergesort")  # float sums depend on order: fix it
+    df = _derived(df).sort_values(RUN_KEY + ["run_id"], kind="mergesort")  # float sums depend on order: fix it
     keys = df[ENTRY].astype(object)
     num = df[["top1_pct", *_MEAN_COLS.values()]].astype("float64")
     ok = (df["status"] == "ok").to_numpy()
@@ -456,14 +562,30 @@ def rank_methods(df: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
     grouped = pd.concat([keys, ok_num], axis=1).groupby(ENTRY, sort=True, dropna=False)
     out = grouped.agg(n_seeds=("top1_pct", "count"), top1_mean=("top1_pct", "mean"),
                       top1_std=("top1_pct", "std"), **{c: (src, "mean") for c, src in _MEAN_COLS.items()})
+    matched = df["budget_matched"].astype("object").where(ok, None)
     extra = pd.concat([keys, pd.DataFrame({
         "ok": ok, "seed_ok": df["seed"].astype("float64").where(ok),
         "repaired_ok": df["search_repaired"].fillna(False).astype(bool).to_numpy() & ok,
+        "matched_ok": matched, "curve": df["search_curve"].astype(object),
+        "length": df["search_length"].astype("float64"),
+        "extraction": df["search_extraction"].astype(object).where(ok, None),
         "run_id": df["run_id"].astype(str)}, index=df.index)], axis=1).groupby(ENTRY, sort=True, dropna=False)
     out["n_runs"] = extra.size()
     out["repaired"] = extra["repaired_ok"].any()
     out["seeds"] = extra["seed_ok"].agg(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))
     out["run_ids"] = extra["run_id"].agg(",".join)
+    out["search_curve"] = extra["curve"].first()
+    out["search_length"] = extra["length"].mean()  # a setting of the entry: failed runs count too
+    out["search_extraction"] = extra["extraction"].agg(
+        lambda s: ",".join(sorted({str(v) for v in s if v is not None and v is not pd.NA})) or None)
+
+    def _all_matched(s: pd.Series) -> Any:
+        values = [v for v in s if v is not None]
+        if not values or any(v is pd.NA for v in values):
+            return pd.NA
+        return all(bool(v) for v in values)
+
+    out["budget_matched"] = extra["matched_ok"].agg(_all_matched).astype("boolean")
     out = out.reset_index()
     out["n_failed"] = out["n_runs"] - out["n_seeds"]
     out["status"] = ["ok" if f == 0 else f"{n} ok, {f} failed" for n, f in zip(out["n_seeds"], out["n_failed"])]
@@ -473,9 +595,54 @@ def rank_methods(df: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
     out["top1_ci"] = np.where(n > 1, t_quantile(confidence, dof) * out["top1_std"] / np.sqrt(np.maximum(n, 1)),
                               np.nan)
     out.loc[n < 2, "top1_std"] = np.nan
-    out["rank"] = out.groupby(GROUP, sort=False)["top1_mean"].rank(method="min", ascending=False).astype("Int64")
+    default_length = (out["search_length"] - 1.0).abs() <= _LENGTH_TOL
+    is_matched = out["budget_matched"].fillna(False).astype(bool)
+    rankable = (out["n_seeds"] > 0) & default_length & (is_matched | include_unmatched)
+    out["unranked"] = [_unranked_reason(r, include_unmatched) for r in out.to_dict("records")]
+    out.loc[rankable, "unranked"] = None
+    scores = out["top1_mean"].where(rankable)
+    out["rank"] = scores.groupby([out[c] for c in GROUP], sort=False).rank(method="min", ascending=False).astype("Int64")
     out = out.sort_values(GROUP + ["rank", "method", "proxy"], na_position="last", kind="mergesort")
-    return out[cols].reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    _paired_ties(out, _seed_top1(df), confidence)
+    return out[cols]
+
+
+def _unranked_reason(r: Mapping[str, Any], include_unmatched: bool) -> str | None:
+    if not r["n_seeds"] > 0:
+        return "no ok run"
+    if not abs(r["search_length"] - 1.0) <= _LENGTH_TOL:
+        return f"search length {r['search_length']:g}x: a point of the {r['search_curve']} cost curve"
+    if include_unmatched or r["budget_matched"] is True:
+        return None
+    used = _clean(r["budget_used"])
+    if used is None:
+        return "not budget-matched (budget used unknown)"
+    return f"not budget-matched (budget used {used:.1%}, window [{r['budget_floor']:g}, 1])"
+
+
+def _paired_ties(out: pd.DataFrame, per_seed: Mapping[tuple, Mapping[int, float]], confidence: float) -> None:
+    """Fill the paired-difference columns of a sorted ranking in place (see :func:`rank_methods`)."""
+    diff, half, n_common, tied = ([math.nan] * len(out), [math.nan] * len(out), [pd.NA] * len(out),
+                                  [pd.NA] * len(out))
+    ranked = out[out["rank"].notna()]
+    for _, part in ranked.groupby(GROUP, sort=False):
+        best_key = tuple(part.iloc[0][ENTRY])
+        best = per_seed.get(best_key, {})
+        for i, row in part.iterrows():
+            key = tuple(row[ENTRY])
+            if key == best_key:
+                diff[i], half[i], n_common[i], tied[i] = 0.0, 0.0, len(best), True
+                continue
+            d, h, k = paired_difference(per_seed.get(key, {}), best, confidence=confidence)
+            diff[i], half[i], n_common[i] = d, h, k
+            tied[i] = pd.NA if k < 2 else bool(d - h <= 0.0 <= d + h)
+    out["paired_diff_pp"] = pd.array(diff, dtype="Float64")
+    out["paired_diff_ci"] = pd.array(half, dtype="Float64")
+    out["paired_n"] = pd.array(n_common, dtype="Int64")
+    out["tied_with_best"] = pd.array(tied, dtype="boolean")
+    for col in ("paired_diff_pp", "paired_diff_ci"):
+        out[col] = out[col].where(~out[col].isna() & np.isfinite(out[col].astype("float64").fillna(np.nan)))
 
 
 def pareto_mask(cost: Sequence[float], gain: Sequence[float]) -> np.ndarray:
@@ -494,7 +661,8 @@ def pareto_mask(cost: Sequence[float], gain: Sequence[float]) -> np.ndarray:
 def pareto_front(ranked: pd.DataFrame, *, x: str = "bitops_g_all", y: str = "top1_mean",
                  by: Sequence[str] = ("suite", "arch", "target")) -> pd.Series:
     """Boolean Series (index of ``ranked``): the entry is on the accuracy-vs-``x`` Pareto front of
-    its (suite, arch, target), across budgets."""
+    its (suite, arch, target), across budgets. Every entry given takes part (budget-matched or not:
+    each sits at its own BitOPs); the caller chooses which entries to pass."""
     out = pd.Series(False, index=ranked.index, dtype=bool)
     for _, part in ranked.groupby(list(by), sort=False):
         out[part.index] = pareto_mask(part[x], part[y])
@@ -517,18 +685,35 @@ def _with_teacher(row: Mapping[str, Any]) -> float:
     return float(row["search_macs_processed"]) + (_clean(row.get("teacher_macs")) or 0.0)
 
 
-def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED) -> pd.DataFrame:
-    """Every (entry M with method in ``methods``) x (entry B of another method not in ``methods``)
-    in the same group: ``gain_macs`` and ``gain_wall_s`` (cost_B / cost_M - 1, on mean search MACs
-    processed and mean search wall seconds), ``gain_macs_with_teacher`` (the same on search MACs plus the
-    MACs of training the FP proxy teacher a method needs, GMPQ's and HAWQ's; records without the field
-    count 0), ``gain_macs_to_settle`` (the same on the MACs processed until each search's argmax policy
-    reached its final value; NaN for one-shot methods) and ``top1_diff_pp`` (mean top-1 of M - of B)."""
+def _comparable(ranked: pd.DataFrame, include_unmatched: bool) -> pd.DataFrame:
+    """Entries that take part in gains: an ok run, the default search length, budget-matched unless
+    ``include_unmatched`` (columns a ranking lacks count as the default: length 1, matched)."""
+    if not len(ranked):
+        return ranked
+    keep = ranked["n_seeds"] > 0
+    if "search_length" in ranked:
+        keep &= (ranked["search_length"].astype("float64").fillna(1.0) - 1.0).abs() <= _LENGTH_TOL
+    if not include_unmatched and "budget_matched" in ranked:
+        keep &= ranked["budget_matched"].astype("boolean").fillna(False).astype(bool)
+    return ranked[keep]
+
+
+def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED,
+                     include_unmatched: bool = False) -> pd.DataFrame:
+    """Fixed-length efficiency gains: every (entry M with method in ``methods``) x (entry B of another
+    method not in ``methods``) in the same group, both at the suite's default search length and, unless
+    ``include_unmatched``, budget-matched: ``gain_macs`` and ``gain_wall_s`` (cost_B / cost_M - 1, on
+    mean search MACs processed and mean search wall seconds), ``gain_macs_with_teacher`` (the same on
+    search MACs plus the MACs of training the FP proxy teacher a method needs, GMPQ's and HAWQ's; records
+    without the field count 0), ``gain_macs_to_settle`` (the same on the MACs processed until each
+    search's argmax policy reached its final value; NaN for one-shot methods) and ``top1_diff_pp`` (mean
+    top-1 of M - of B). These compare the costs of two fixed search lengths whatever accuracy each
+    reached; :func:`equal_accuracy_gains` measures the gain at equal accuracy."""
     cols = GROUP + ["method", "proxy", "baseline", "baseline_proxy", "baseline_role", "gain_macs",
                     "gain_wall_s", "gain_macs_with_teacher", "gain_macs_to_settle", "top1_diff_pp", "top1_mean", "baseline_top1_mean",
                     "search_macs_processed", "baseline_search_macs_processed"]
     rows = []
-    scored = ranked[ranked["n_seeds"] > 0] if len(ranked) else ranked
+    scored = _comparable(ranked, include_unmatched)
     for key, part in scored.groupby(GROUP, sort=True):
         for _, m in part[part["method"].isin(methods)].iterrows():
             for _, b in part[~part["method"].isin(methods)].iterrows():
@@ -549,10 +734,325 @@ def efficiency_gains(ranked: pd.DataFrame, *, methods: Sequence[str] = PROPOSED)
     return pd.DataFrame(rows, columns=cols)
 
 
+# --------------------------------------------------------------------------------------------------
+# Efficiency at equal accuracy: accuracy-vs-search-cost curves, isotonic fit, bootstrap over seeds
+
+
+def isotonic_increasing(x: Sequence[float], y: Sequence[float], w: Sequence[float] | None = None) -> np.ndarray:
+    """The non-decreasing function of ``x`` closest to ``y`` in weighted least squares (pool-adjacent-
+    violators). Points with equal ``x`` are pooled first (they get one value). Returns the fitted value
+    of every point, in the input order. Weights default to 1 and must be positive."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    # blocks: [sum w*y, sum w, member indices]; equal x start in one block
+    blocks: list[list] = []
+    for i in order:
+        if blocks and x[blocks[-1][2][-1]] == x[i]:
+            b = blocks[-1]
+            b[0] += w[i] * y[i]
+            b[1] += w[i]
+            b[2].append(i)
+        else:
+            blocks.append([w[i] * y[i], w[i], [i]])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            b = blocks.pop()
+            blocks[-1][0] += b[0]
+            blocks[-1][1] += b[1]
+            blocks[-1][2].extend(b[2])
+    fit = np.empty_like(y)
+    for total, weight, members in blocks:
+        fit[members] = total / weight
+    return fit
+
+
+def cost_at_accuracy(cost: Sequence[float], fit: Sequence[float], accuracy: float) -> tuple[float, str | None]:
+    """The smallest cost at which a non-decreasing curve (points ``cost`` ascending, fitted values
+    ``fit``, joined by straight lines) reaches ``accuracy``. Outside the measured range a bound:
+    ``(cost[0], "<")`` when the cheapest point already reaches it (the true cost is at most that),
+    ``(cost[-1], ">")`` when even the most expensive point stays below (the true cost is more)."""
+    cost = np.asarray(cost, dtype=float)
+    fit = np.asarray(fit, dtype=float)
+    if fit[0] >= accuracy:
+        return float(cost[0]), "<"
+    if fit[-1] < accuracy:
+        return float(cost[-1]), ">"
+    i = int(np.argmax(fit >= accuracy))  # first point at or above; i >= 1 and fit[i - 1] < accuracy
+    x0, x1, y0, y1 = cost[i - 1], cost[i], fit[i - 1], fit[i]
+    return float(x0 + (accuracy - y0) / (y1 - y0) * (x1 - x0)), None
+
+
+def equal_accuracy_gain(ref_cost: Sequence[float], ref_top1: Sequence[float], cost: float, top1: float, *,
+                        weights: Sequence[float] | None = None) -> tuple[float, str | None]:
+    """Gain at equal accuracy of an entry (search ``cost``, mean ``top1``) over a reference curve
+    (points ``ref_cost``, mean ``ref_top1``, optional ``weights``): the reference's top-1 is fitted
+    non-decreasing in cost (:func:`isotonic_increasing`), the cost C_ref at which the fit reaches
+    ``top1`` is read off (:func:`cost_at_accuracy`), and the gain is C_ref / cost - 1. Returns
+    (gain, bound): bound ``">"``/``"<"`` means the gain is more/less than the value (the curves do not
+    cross in the measured range); NaN when undefined (no reference point, cost not positive)."""
+    x = np.asarray(ref_cost, dtype=float)
+    y = np.asarray(ref_top1, dtype=float)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (w > 0)
+    if not keep.any() or not (math.isfinite(cost) and cost > 0 and math.isfinite(top1)):
+        return math.nan, None
+    x, y, w = x[keep], y[keep], w[keep]
+    order = np.argsort(x, kind="mergesort")
+    x, y, w = x[order], y[order], w[order]
+    c_ref, bound = cost_at_accuracy(x, isotonic_increasing(x, y, w), top1)
+    return efficiency_gain(c_ref, cost), bound
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    """Linear-interpolation percentile of values that may hold +-inf (inf where it touches one)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    pos = q / 100 * (len(v) - 1)
+    lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+    if not (math.isfinite(v[lo]) and math.isfinite(v[hi])):
+        return float(v[hi] if not math.isfinite(v[hi]) else v[lo])
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+def _isotonic_rows(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted isotonic (non-decreasing) fit of every row of ``y`` (points already in cost order, all
+    weights > 0), by the min-max formula fit_i = max_{j<=i} min_{k>=i} mean(y[j..k]): exact, and
+    vectorised over rows (the curves here have a handful of points)."""
+    n = y.shape[1]
+    cw = np.concatenate([np.zeros((len(y), 1)), np.cumsum(w, axis=1)], axis=1)
+    cy = np.concatenate([np.zeros((len(y), 1)), np.cumsum(w * y, axis=1)], axis=1)
+    fit = np.empty_like(y)
+    for i in range(n):
+        best = np.full(len(y), -np.inf)
+        for j in range(i + 1):
+            k = np.arange(i, n)
+            means = (cy[:, k + 1] - cy[:, [j]]) / (cw[:, k + 1] - cw[:, [j]])
+            best = np.maximum(best, means.min(axis=1))
+        fit[:, i] = best
+    return fit
+
+
+def _equal_accuracy_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray, cost: float,
+                         top1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`equal_accuracy_gain` for many resamples at once: reference points ``x`` (ascending),
+    per-row top-1 ``y`` and weights ``w`` (B x n), the entry's per-row top-1. Returns (gain, bound code:
+    0 crossing, -1 "<", +1 ">"); rows where a point has zero weight go through the scalar path."""
+    gains = np.full(len(y), np.nan)
+    codes = np.zeros(len(y), dtype=int)
+    full = (w > 0).all(axis=1) & np.isfinite(top1)
+    if full.any():
+        fit = _isotonic_rows(y[full], w[full])
+        a = top1[full]
+        below, above = fit[:, 0] >= a, fit[:, -1] < a
+        i = np.clip(np.argmax(fit >= a[:, None], axis=1), 1, max(len(x) - 1, 1)) if len(x) > 1 else np.zeros(len(a), int)
+        rows = np.arange(len(a))
+        if len(x) > 1:
+            y0, y1 = fit[rows, i - 1], fit[rows, i]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                c = x[i - 1] + (a - y0) / (y1 - y0) * (x[i] - x[i - 1])
+        else:
+            c = np.full(len(a), x[0])
+        c = np.where(below, x[0], np.where(above, x[-1], c))
+        gains[full] = c / cost - 1.0
+        codes[full] = np.where(below, -1, np.where(above, 1, 0))
+    for b in np.flatnonzero(~full):
+        g, bound = equal_accuracy_gain(x, y[b], cost, float(top1[b]), weights=w[b])
+        gains[b], codes[b] = g, {"<": -1, ">": 1}.get(bound, 0)
+    return gains, codes
+
+
+def curve_points(df: pd.DataFrame, *, include_unmatched: bool = False, confidence: float = 0.95) -> pd.DataFrame:
+    """Every entry as a point of its accuracy-vs-search-cost curve: GROUP, ``curve`` (the length-1
+    method label it belongs to: ``search_curve``, else its own label), proxy, method, ``length``,
+    ``macs``/``wall_s`` (mean search cost), ``top1_mean``, ``top1_ci``, ``n_seeds``, ``n_points`` (of
+    its curve), sorted by group, curve, proxy, length. Entries without an ok run and, unless
+    ``include_unmatched``, entries that are not budget-matched are left out."""
+    cols = GROUP + ["curve", "proxy", "method", "length", "macs", "wall_s", "top1_mean", "top1_ci",
+                    "n_seeds", "n_points"]
+    ranked = rank_methods(df, confidence=confidence, include_unmatched=True) if len(df) else pd.DataFrame()
+    if not len(ranked):
+        return pd.DataFrame(columns=cols)
+    keep = ranked["n_seeds"] > 0
+    if not include_unmatched:
+        keep &= ranked["budget_matched"].fillna(False).astype(bool)
+    r = ranked[keep]
+    if not len(r):
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame({**{c: r[c] for c in GROUP}, "curve": r["search_curve"].astype(str), "proxy": r["proxy"],
+                        "method": r["method"], "length": r["search_length"].astype(float),
+                        "macs": r["search_macs_processed"].astype(float), "wall_s": r["search_wall_s"].astype(float),
+                        "top1_mean": r["top1_mean"].astype(float), "top1_ci": r["top1_ci"].astype(float),
+                        "n_seeds": r["n_seeds"].astype(int)})
+    out["n_points"] = out.groupby(GROUP + ["curve", "proxy"])["method"].transform("size").astype(int)
+    return out.sort_values(GROUP + ["curve", "proxy", "length", "method"], kind="mergesort")[cols].reset_index(drop=True)
+
+
+def equal_accuracy_gains(df: pd.DataFrame, *, reference: str = REFERENCE, methods: Sequence[str] | None = None,
+                         include_unmatched: bool = False, confidence: float = 0.95, n_boot: int = 2000,
+                         rng_seed: int = 0) -> list[dict]:
+    """Efficiency gain at equal accuracy of each proposed entry over the ``reference``'s curve, per group.
+
+    The reference's curve is every entry of the group whose curve is ``reference`` (its length-1 entry
+    and the entries searched at other lengths, ``search_curve == reference``): points (mean search MACs,
+    top-1 of each seed). Proposed entries: length-1 entries of the methods in ``methods`` (default: the
+    proposed methods :data:`PROPOSED` and every method that has a curve of its own, e.g. ASGA and its
+    radius variant), never the reference. For each, C_ref = the smallest search cost at which the
+    reference's top-1, fitted non-decreasing in cost by isotonic regression (weighted by seeds) and
+    joined linearly between fitted points (linear in cost), reaches the entry's mean top-1; the gain is
+    C_ref / C_entry - 1 on mean search MACs processed (``value``) and the same on wall seconds
+    (``wall_s``). Where the curves do not cross in the measured range the result is a bound: ``bound``
+    ">" (even the reference's longest search stays below; value = the gain at its longest length) or "<"
+    (its shortest already reaches it; value = the gain at its shortest length).
+
+    Uncertainty: a bootstrap over seeds. Runs are paired by seed, so one draw of seeds (``n_boot``
+    resamples of the group's seeds with replacement, ``numpy.random.default_rng(rng_seed)``) is shared by
+    every point of both curves and every entry of the group; each point's top-1 is the mean over the
+    drawn seeds it has (counted with multiplicity; a point none of whose seeds were drawn drops out of
+    that resample). Costs are the points' mean costs in every resample (a search's MACs do not depend
+    on the seed). ``ci_low``/``ci_high``: the ``confidence`` percentile interval of the resampled gains,
+    where a resample whose curves do not cross is a bound and counts as the most extreme gain it allows
+    on each side (a ">" x resample as x for the lower end and +inf for the upper; a "<" x resample as -1,
+    zero reference cost, for the lower end and x for the upper), so the interval is conservative; an
+    infinite end is reported as None (unbounded); ``bootstrap`` says how many resamples were censored
+    each way. With fewer than 2 seeds there is no interval.
+
+    Entries that are not budget-matched take no part unless ``include_unmatched``. With the reference
+    searched on several proxies, the one named like the target is used, else the first by name.
+    Returns one dict per (group, proposed entry), with its curve points (:func:`curve_points` fields)
+    and, for comparison, ``fixed_length_gain`` (the reference's length-1 cost / the entry's - 1, whatever
+    accuracy each reached; None without a length-1 reference entry).
+    """
+    points = curve_points(df, include_unmatched=include_unmatched, confidence=confidence)
+    if not len(points):
+        return []
+    per_seed = _seed_top1(_derived(df))
+    results = []
+    for gkey, part in points.groupby(GROUP, sort=True):
+        ref_all = part[part["curve"] == reference]
+        if not len(ref_all):
+            continue
+        proxies = sorted(ref_all["proxy"].unique())
+        target = dict(zip(GROUP, gkey))["target"]
+        ref_proxy = target if target in proxies else proxies[0]
+        ref = ref_all[ref_all["proxy"] == ref_proxy].sort_values(["macs", "length"], kind="mergesort")
+        heads = part[((part["length"] - 1.0).abs() <= _LENGTH_TOL) & (part["method"] == part["curve"])
+                     & (part["curve"] != reference)]
+        if methods is None:
+            own_curve = {(c, p) for (c, p), n in part.groupby(["curve", "proxy"])["method"].size().items() if n > 1}
+            heads = heads[[m in PROPOSED or (m, p) in own_curve for m, p in zip(heads["method"], heads["proxy"])]]
+        else:
+            heads = heads[heads["method"].isin(list(methods))]
+        if not len(heads):
+            continue
+        seeds = sorted({s for m, p in zip(pd.concat([ref, heads])["method"], pd.concat([ref, heads])["proxy"])
+                        for s in per_seed.get((*gkey, m, p), {})})
+        counts = None
+        if len(seeds) >= 2 and n_boot > 0:
+            draws = np.random.default_rng(rng_seed).integers(0, len(seeds), size=(n_boot, len(seeds)))
+            counts = np.zeros((n_boot, len(seeds)))
+            np.add.at(counts, (np.repeat(np.arange(n_boot), len(seeds)), draws.ravel()), 1.0)
+
+        def values(method: str, proxy: str) -> tuple[np.ndarray, np.ndarray]:
+            got = per_seed.get((*gkey, method, proxy), {})
+            v = np.array([got.get(s, np.nan) for s in seeds], dtype=float)
+            return np.nan_to_num(v), np.isfinite(v).astype(float)
+
+        ref_vals = [values(m, ref_proxy) for m in ref["method"]]
+        for _, h in heads.iterrows():
+            res = {**dict(zip(GROUP, gkey)), "method": h["method"], "proxy": h["proxy"],
+                   "reference": f"{reference}@{ref_proxy}", "proposed_top1_mean": float(h["top1_mean"]),
+                   "proposed_top1_ci": _clean(h["top1_ci"]), "proposed_n_seeds": int(h["n_seeds"]),
+                   "proposed_macs": float(h["macs"]), "proposed_wall_s": float(h["wall_s"])}
+            mine = part[(part["curve"] == h["method"]) & (part["proxy"] == h["proxy"])]
+            for name, cost_col in (("macs", "macs"), ("wall_s", "wall_s")):
+                value, bound = equal_accuracy_gain(ref[cost_col], ref["top1_mean"], float(h[cost_col]),
+                                                   float(h["top1_mean"]), weights=ref["n_seeds"])
+                block = {"value": _clean(value), "bound": bound, "ci_low": None, "ci_high": None}
+                if counts is not None:
+                    pv, pm = values(h["method"], h["proxy"])
+                    p_w = counts @ pm
+                    p_mean = np.divide(counts @ pv, p_w, out=np.full(n_boot, np.nan), where=p_w > 0)
+                    r_w = np.stack([counts @ m for _, m in ref_vals], axis=1)
+                    r_mean = np.divide(np.stack([counts @ v for v, _ in ref_vals], axis=1), r_w,
+                                       out=np.zeros(r_w.shape), where=r_w > 0)
+                    g, code = _equal_accuracy_rows(ref[cost_col].to_numpy(float), r_mean, r_w, float(h[cost_col]),
+                                                   p_mean)
+                    keep = np.isfinite(g)
+                    g, code = g[keep], code[keep]
+                    if len(g):  # censored resamples count as the most extreme gain they allow, on each side
+                        low = np.where(code == -1, -1.0, g)
+                        high = np.where(code == 1, np.inf, g)
+                        block["ci_low"] = _clean(_percentile(low, 50 * (1 - confidence)))
+                        block["ci_high"] = _clean(_percentile(high, 50 * (1 + confidence)))
+                    block["bootstrap"] = {"resamples": int(len(g)), "censored_below": int((code == -1).sum()),
+                                          "censored_above": int((code == 1).sum())}
+                c_ref = None if block["value"] is None else (block["value"] + 1.0) * float(h[cost_col])
+                block["reference_cost_at_equal_accuracy"] = c_ref
+                res[name] = block
+            res.update({k: res["macs"][k] for k in ("value", "bound", "ci_low", "ci_high")})
+            at_default = ref[(ref["length"] - 1.0).abs() <= _LENGTH_TOL]  # the fixed-length gain, for comparison
+            res["fixed_length_gain"] = {
+                c: (_clean(efficiency_gain(float(at_default.iloc[0][c]), float(h[c]))) if len(at_default) else None)
+                for c in ("macs", "wall_s")}
+            res["bootstrap"] = {"n_boot": n_boot if counts is not None else 0, "rng_seed": rng_seed,
+                                "seeds": seeds, "confidence": confidence}
+            ref_fit = isotonic_increasing(ref["macs"], ref["top1_mean"], ref["n_seeds"])
+            res["curves"] = {
+                "reference": [{**_point(p), "top1_fit": _clean(f)} for p, f in zip(ref.to_dict("records"), ref_fit)],
+                "proposed": [_point(p) for p in mine.sort_values(["length", "method"]).to_dict("records")],
+            }
+            results.append(res)
+    return results
+
+
+def _point(p: Mapping[str, Any]) -> dict:
+    return {"method": p["method"], "length": _clean(p["length"]), "macs": _clean(p["macs"]),
+            "wall_s": _clean(p["wall_s"]), "top1_mean": _clean(p["top1_mean"]), "top1_ci": _clean(p["top1_ci"]),
+            "n_seeds": _clean(p["n_seeds"])}
+
+
+def equal_accuracy_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """:func:`equal_accuracy_gains` as one row per (group, entry): the gain on MACs and on wall seconds
+    (value, bound, interval), the reference and the entry's mean top-1 and costs."""
+    cols = GROUP + ["method", "proxy", "reference", "gain", "bound", "ci_low", "ci_high", "gain_wall_s",
+                    "bound_wall_s", "ci_low_wall_s", "ci_high_wall_s", "fixed_length_gain_macs",
+                    "fixed_length_gain_wall_s", "top1_mean", "top1_ci", "search_macs_processed",
+                    "reference_macs_at_equal_accuracy", "search_wall_s"]
+    rows = [{**{c: r[c] for c in GROUP}, "method": r["method"], "proxy": r["proxy"], "reference": r["reference"],
+             "gain": r["value"], "bound": r["bound"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+             "gain_wall_s": r["wall_s"]["value"], "bound_wall_s": r["wall_s"]["bound"],
+             "ci_low_wall_s": r["wall_s"]["ci_low"], "ci_high_wall_s": r["wall_s"]["ci_high"],
+             "fixed_length_gain_macs": r["fixed_length_gain"]["macs"],
+             "fixed_length_gain_wall_s": r["fixed_length_gain"]["wall_s"],
+             "top1_mean": r["proposed_top1_mean"], "top1_ci": r.get("proposed_top1_ci"),
+             "search_macs_processed": r["proposed_macs"],
+             "reference_macs_at_equal_accuracy": r["macs"]["reference_cost_at_equal_accuracy"],
+             "search_wall_s": r["proposed_wall_s"]} for r in results]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def format_gain(value: float | None, bound: str | None, ci_low: float | None = None,
+                ci_high: float | None = None) -> str:
+    """A gain for people: ``+471% [+300%, +620%]``, ``> +700%``, ``n/a``; an unbounded end is ``∞``
+    (missing values may be None, NaN or NA)."""
+    value, ci_low, ci_high = _clean(value), _clean(ci_low), _clean(ci_high)
+    bound = bound if bound in ("<", ">") else None
+    if value is None:
+        return "n/a"
+    text = f"{value:+.0%}" if bound is None else f"{bound} {value:+.0%}"
+    if ci_low is not None or ci_high is not None:
+        lo = "-∞" if ci_low is None else f"{ci_low:+.0%}"
+        hi = "+∞" if ci_high is None else f"{ci_high:+.0%}"
+        text += f" [{lo}, {hi}]"
+    return text
+
+
 def _clean(v: Any) -> Any:
     """JSON-safe scalar: NaN/NA -> None, numpy -> Python."""
     if v is None or v is pd.NA:
         return None
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (float, np.floating)):
@@ -560,23 +1060,31 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
+def summary(df: pd.DataFrame, *, confidence: float = 0.95, include_unmatched: bool = False,
+            reference: str = REFERENCE) -> dict:
     """The content of ``results/summary.json`` from the flat frame (all runs; failed ones counted).
 
     ``{"schema_version": 1, "conventions": {...}, "groups": {suite: {arch: {target: {budget: {
-    "budget_bitops_g", "entries": {"<method>@<proxy>": {rank, n_seeds, n_failed, top1_mean, top1_std,
-    top1_ci, bitops_g_all, bitops_g_searchable, size_mb, search_macs_processed, search_wall_s, ...}},
-    "gains": {"<method>@<proxy>": {"<baseline>@<proxy>": {gain_macs, gain_wall_s, top1_diff_pp}}}}}}}}}``
-    Means are over seeds with status ok. Deterministic key order.
+    "budget_bitops_g", "entries": {"<method>@<proxy>": {rank, unranked, n_seeds, n_failed, top1_mean,
+    top1_std, top1_ci, tied_with_best, paired_diff_pp, paired_diff_ci, paired_n, budget_used,
+    budget_matched, bitops_g_all, ..., search_macs_processed, search_wall_s, ...}},
+    "gains": {"<method>@<proxy>": {"<baseline>@<proxy>": {gain_macs, gain_wall_s, top1_diff_pp, ...}}},
+    "gain_at_equal_accuracy": {"<method>@<proxy>": {value, bound, ci_low, ci_high, reference, wall_s,
+    curves, ...}}}}}}}}``. ``gains`` are fixed-length gains (see the conventions). Every entry is listed;
+    those without a rank say why (``unranked``). Means are over seeds with status ok. Deterministic.
     """
-    ranked = rank_methods(df, confidence=confidence)
-    gains = efficiency_gains(ranked)
+    ranked = rank_methods(df, confidence=confidence, include_unmatched=include_unmatched)
+    gains = efficiency_gains(ranked, include_unmatched=include_unmatched)
+    equal = equal_accuracy_gains(df, reference=reference, include_unmatched=include_unmatched,
+                                 confidence=confidence) if len(df) else []
     groups: dict = {}
-    stat_cols = ["rank", "role", "n_seeds", "n_failed", "seeds", "top1_mean", "top1_std", "top1_ci",
-                 *_MEAN_COLS, "repaired"]
+    stat_cols = ["rank", "unranked", "role", "n_seeds", "n_failed", "seeds", "top1_mean", "top1_std", "top1_ci",
+                 "tied_with_best", "paired_diff_pp", "paired_diff_ci", "paired_n", *_MEAN_COLS, "budget_matched",
+                 "search_curve", "search_extraction", "repaired"]
     for _, r in ranked.iterrows():
         cell = groups.setdefault(r["suite"], {}).setdefault(r["arch"], {}).setdefault(r["target"], {})
-        node = cell.setdefault(r["budget"], {"budget_bitops_g": None, "entries": {}, "gains": {}})
+        node = cell.setdefault(r["budget"], {"budget_bitops_g": None, "entries": {}, "gains": {},
+                                             "gain_at_equal_accuracy": {}})
         node["entries"][f"{r['method']}@{r['proxy']}"] = {c: _clean(r[c]) for c in stat_cols}
         if node["budget_bitops_g"] is None:
             node["budget_bitops_g"] = _clean(r["budget_bitops_g"])
@@ -589,19 +1097,41 @@ def summary(df: pd.DataFrame, *, confidence: float = 0.95) -> dict:
             "gain_macs_to_settle": _clean(g["gain_macs_to_settle"]),
             "top1_diff_pp": _clean(g["top1_diff_pp"]),
         }
+    for e in equal:
+        node = groups[e["suite"]][e["arch"]][e["target"]][e["budget"]]["gain_at_equal_accuracy"]
+        node[f"{e['method']}@{e['proxy']}"] = {k: v for k, v in e.items() if k not in GROUP + ["method", "proxy"]}
+    pct = f"{confidence:.0%}"
     return {
         "schema_version": 1,
         "conventions": {
             "top1": "percent; mean over seeds with status ok; top1_std with ddof=1; "
-                    f"top1_ci = half-width of the {confidence:.0%} Student-t interval of the mean",
-            "rank": "within (suite, arch, target, budget) by mean top-1; ties share a rank",
-            "gain": "cost_baseline / cost_method - 1 on mean search MACs processed (gain_macs) "
+                    f"top1_ci = half-width of the {pct} Student-t interval of the mean (seeds vary search, "
+                    "fine-tune and evaluation; the FP start model is shared, so its variance is not in it)",
+            "budget_used": "searchable BitOPs / budget BitOPs, mean over ok seeds; budget_matched = every ok seed "
+                           "in [budget_floor, 1] (1e-9 slack); budget_floor is the suite's (0.9 when a record "
+                           "does not carry it)",
+            "rank": "within (suite, arch, target, budget) by mean top-1, over entries at the default search length "
+                    + ("(budget-matched or not)" if include_unmatched else "that are budget-matched")
+                    + "; ties share a rank; 'unranked' says why an entry has no rank",
+            "tied_with_best": f"the {pct} Student-t interval of the mean paired top-1 difference to the group's best "
+                              "entry (pairs = runs of the same seed, paired_n of them) contains 0 "
+                              "(paired_diff_pp, paired_diff_ci); null with fewer than 2 common seeds",
+            "gain": "fixed-length efficiency gain (each search at its configured length, whatever accuracy it "
+                    "reached): cost_baseline / cost_method - 1 on mean search MACs processed (gain_macs) "
                     "or mean search wall seconds (gain_wall_s); gain_macs_with_teacher adds the MACs of training "
                     "the FP proxy teacher that gmpq, gmpq-asga and hawq need (teacher_macs); gain_macs_to_settle uses "
                     "the MACs processed until each search's argmax policy reached its final value "
                     "(search_macs_to_settle, checked every quarter epoch; iterative searches only)",
+            "gain_at_equal_accuracy": f"C_ref / C_method - 1 on mean search MACs (value; wall_s beside it), where "
+                                      f"C_ref is the smallest search cost at which {reference}'s top-1, measured at "
+                                      "several search lengths and fitted non-decreasing in cost (isotonic, linear "
+                                      "between fitted points), reaches the method's mean top-1; bound '>' / '<' "
+                                      "when the curves do not cross in the measured range (value = the gain at "
+                                      f"the reference's longest / shortest search); ci_low/ci_high = {pct} "
+                                      "percentile interval of a paired bootstrap over seeds (null end = unbounded)",
             "top1_diff_pp": "mean top-1 of method - mean top-1 of baseline, percentage points",
             "proposed": list(PROPOSED),
+            "reference": reference,
         },
         "groups": groups,
     }
@@ -641,9 +1171,18 @@ def policy_table(policies: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def _shell_quote(v: Any) -> str:
-    s = str(v)
-    return s if re.fullmatch(r"[\w.,:/@%+=-]+", s) else "'" + s.replace("'", "'\\''") + "'"
+class _Verbatim(str):
+    """A shell word the harness wrote itself (the seed loop's ``"$s"``): the only thing left unquoted.
+    Never built from record data."""
+
+
+_LOOP_SEED = _Verbatim('"$s"')
+_LOOP_OUT = _Verbatim('"policy-s$s.json"')
+
+
+def _shell_word(v: Any) -> str:
+    """One shell word: ``shlex.quote`` of the value's text, whatever it holds ($, backticks, ;, quotes)."""
+    return str(v) if isinstance(v, _Verbatim) else shlex.quote(str(v))
 
 
 def _given(v: Any) -> bool:
@@ -655,10 +1194,15 @@ def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "
     alone, with every setting the record stores: method, label, proxy dataset, label and subset, input
     sizes, width, candidates, budget, seed and hyper-parameters, plus ``--teacher`` for a method that
     needs the FP proxy teacher) and ``snakemake`` (the exact run: search, fine-tune and evaluate,
-    producing the record file). ``seed``/``out`` override the row's (used for loops over seeds)."""
+    producing the record file). ``seed``/``out`` override the row's.
+
+    Every word that comes from the record (or from ``seed``/``out``) is quoted with ``shlex.quote``, the
+    record path too, so a record whose method, label, proxy or hyper-parameters hold ``$(...)``,
+    backticks, ``;`` or quotes gives a line that passes those characters literally and runs nothing.
+    The lines are for bash/POSIX sh."""
     base = row.get("base_method")
     base = row["method"] if not _given(base) else base
-    parts = ["mpqbench", "search", "--method", base]
+    parts: list[Any] = ["mpqbench", "search", "--method", base]
     if base != row["method"]:
         parts += ["--label", row["method"]]
     parts += ["--arch", row["arch"]]
@@ -689,25 +1233,26 @@ def reproduce_commands(row: Mapping[str, Any], *, seed: Any = None, out: str = "
     if _given(teacher) and float(teacher) > 0:  # the FP teacher on the proxy that this method needs
         parts += ["--teacher", f"work/{row['suite']}/teacher/{row['arch']}-{row['proxy']}.pt"]  # as the workflow makes it
     parts += ["--out", out]
-    quoted = [p if str(p).startswith("$") or "$s" in str(p) else _shell_quote(p) for p in parts]
     return {
-        "search": " ".join(str(p) for p in quoted),
-        "snakemake": f"snakemake --cores 8 {row['record_path']}",
+        "search": " ".join(_shell_word(p) for p in parts),
+        "snakemake": "snakemake --cores 8 " + _shell_word(row["record_path"]),
     }
 
 
 def entry_commands(runs: pd.DataFrame) -> dict[str, str]:
     """Reproduce commands for every seed of one entry (rows of the flat frame): a shell loop over
-    the seeds for the search, and one Snakemake call naming every record file."""
+    the seeds for the search (``for s in 0 1 2; do mpqbench search ... --seed "$s" --out
+    "policy-s$s.json"; done``: the loop variable is the only expansion, every record value is quoted),
+    and one Snakemake call naming every record file."""
     runs = runs.sort_values("seed")
     seeds = [int(s) for s in runs["seed"]]
     first = runs.iloc[0]
     if len(seeds) == 1:
         return reproduce_commands(first)
-    loop = reproduce_commands(first, seed="$s", out="policy-s$s.json")["search"]
+    loop = reproduce_commands(first, seed=_LOOP_SEED, out=_LOOP_OUT)["search"]
     return {
         "search": f"for s in {' '.join(map(str, seeds))}; do {loop}; done",
-        "snakemake": "snakemake --cores 8 " + " ".join(runs["record_path"]),
+        "snakemake": "snakemake --cores 8 " + " ".join(_shell_word(p) for p in runs["record_path"]),
     }
 
 

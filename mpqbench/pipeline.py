@@ -115,7 +115,8 @@ def finetune(*, policy_path: Path, fp_path: Path, dataset: str, data_root: str |
     stats = train(model, train_ds, cfg, ckpt_path=_resume_path(out), progress=progress)
     meta = {"policy": str(policy_path), "fp": str(fp_path), "dataset": dataset, "subset": subset,
             "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "weight_decay": cfg.weight_decay, "wall_s": stats["wall_s"], "macs_processed": stats["macs_processed"],
+            "weight_decay": cfg.weight_decay, "precision": cfg.precision, "wall_s": stats["wall_s"],
+            "macs_processed": stats["macs_processed"],
             "final_train_loss": stats.get("final_train_loss"), "fp_meta": fp_meta}
     torch_save({"state_dict": model.state_dict(), "meta": meta}, out)
     _resume_path(out).unlink(missing_ok=True)
@@ -124,8 +125,12 @@ def finetune(*, policy_path: Path, fp_path: Path, dataset: str, data_root: str |
 
 # ---- evaluate → run record ------------------------------------------------------------------------------------
 def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: str, data_root: str | None,
-                 suite: str, out: Path, device: str = "auto", batch_size: int = 512) -> dict[str, Any]:
-    """Evaluate the fine-tuned model on the target test split and write its run record."""
+                 suite: str, out: Path, device: str = "auto", batch_size: int = 512,
+                 precision: str = "fp32") -> dict[str, Any]:
+    """Evaluate the fine-tuned model on the target test split and write its run record.
+
+    ``precision``: "fp32" or "bf16" (the forward under bf16 autocast); the record's provenance keeps it and
+    the fine-tune's (``{"finetune": ..., "evaluate": ...}``; fine-tunes before the setting existed: fp32)."""
     policy = Policy.load(policy_path)
     if policy.search is None or policy.achieved is None:
         raise UserError(f"{policy_path} has no search/achieved section; it was not written by `mpqbench search`")
@@ -137,7 +142,7 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
     except RuntimeError:
         raise UserError(f"{ckpt_path} does not match the policy {policy_path}; fine-tune it again with this policy") from None
     test_ds = load_split(dataset, "test", root=data_root, input_size=fp_meta["input_size"])
-    metrics = evaluate(model, test_ds, batch_size=batch_size, device=device)
+    metrics = evaluate(model, test_ds, batch_size=batch_size, device=device, precision=precision)
     ft = ckpt["meta"]
     base_method = policy.search.hparams.get("method", policy.method)
     resolved = {
@@ -158,6 +163,7 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
         git=git_info(), status="ok", created_utc=utc_now(),
         provenance={"policy_created_utc": policy.provenance.get("created_utc"),
                     "policy_git_commit": policy.provenance.get("git_commit"),
+                    "precision": {"finetune": ft.get("precision", "fp32"), "evaluate": precision},
                     "resolved": resolved,
                     "record_path": str(record_relpath(suite=suite, arch=policy.arch, budget=policy.budget.name,
                                                       method=policy.method, proxy=policy.search.proxy,
@@ -176,18 +182,39 @@ def _load_records(runs_dir: Path) -> list[dict[str, Any]]:
     return [RunRecord.load(p).model_dump(mode="json") for p in paths]
 
 
-def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True) -> dict[str, Any]:
+def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir: Path | None = None,
+              snakemake_log_dir: Path | None = Path(".snakemake/log")) -> dict[str, Any]:
     """results/leaderboard.csv and results/summary.json (and, unless ``figures`` is False,
-    results/figures/*.png) from the run records."""
+    results/figures/*.png) from the run records.
+
+    The suite's cost: with ``bench_dir`` (the workflow's ``<log_dir>/benchmarks/<suite>``), one row per job
+    of the run goes to ``out_dir/jobs.tsv`` (the aggregate and figures jobs themselves are left out: their
+    benchmark files are written after this runs) and ``summary.json`` gets ``suite_cost`` (job time,
+    elapsed wall time, per rule). Without ``bench_dir`` an existing ``out_dir/jobs.tsv`` is read back, so
+    re-aggregating committed results gives the same summary."""
+    from mpqbench import jobs
     from mpqbench import leaderboard as lb
 
     records = _load_records(runs_dir)
     df = lb.records_to_frame(records)
     lb.write_leaderboard_csv(df, out_dir / "leaderboard.csv")
-    write_json(out_dir / "summary.json", lb.summary(df))
+    summary = lb.summary(df)
+    jobs_path = out_dir / "jobs.tsv"
+    frame = None
+    if bench_dir is not None:
+        if not Path(bench_dir).is_dir():
+            raise UserError(f"--bench-dir {bench_dir} does not exist; run the workflow first or leave the option out")
+        frame = jobs.collect_jobs(bench_dir, snakemake_log_dir=snakemake_log_dir)
+        frame = frame[~frame["rule"].isin(["aggregate", "figures"])].reset_index(drop=True)
+        jobs.write_jobs_tsv(frame, jobs_path)
+    elif jobs_path.is_file():
+        frame = jobs.read_jobs_tsv(jobs_path)
+    if frame is not None:
+        summary["suite_cost"] = jobs.suite_cost(frame)
+    write_json(out_dir / "summary.json", summary)
     if figures:
         make_figures(runs_dir=runs_dir, out_dir=out_dir / "figures", records=records)
-    return {"records": len(records)}
+    return {"records": len(records), "jobs": None if frame is None else len(frame)}
 
 
 def make_figures(*, runs_dir: Path, out_dir: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:

@@ -271,3 +271,106 @@ def test_cost_measure_with_proxy_teacher(monkeypatch, tmp_path):
     assert metrics(at)["vs edmips @ digits"][0] == "-50%"  # no teacher on either side
     row = board(at).set_index("Method").loc["gmpq"]
     assert row["Proxy teacher (TMAC)"] == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ equal terms (tests/fixtures/results_curves)
+# w3a3 by hand (see tests/test_leaderboard.py): ranked asga-rhomin 90, asga 88, edmips-target 87, uniform 86.5,
+# gmpq-asga 84.5; edmips-argmax (91) uses 44 % of the budget; asga's gain at equal accuracy over edmips-target
+# is 4.714 on MACs [4.333, 5.4] and 3.762 on wall seconds [3.444, 4.333].
+CURVES = FIXTURES / "results_curves"
+
+
+@pytest.fixture
+def curves(monkeypatch) -> AppTest:
+    return run_app(monkeypatch, CURVES)
+
+
+def test_budget_window_hides_unmatched_entries_until_toggled(curves):
+    assert curves.sidebar.selectbox(key="budget").value == "w3a3"
+    df = board(curves)
+    assert entries(df) == [("asga-rhomin", "digits"), ("asga", "digits"), ("edmips-target", "fashion-mnist"),
+                           ("uniform", "digits"), ("gmpq-asga", "digits")]  # no argmax, no other-length entries
+    assert df["Budget used (%)"].tolist() == pytest.approx([(1 + 159 / 162 + 156 / 162) / 3 * 100] * 5)
+    assert set(df["Budget window"]) == {"matched"}
+    assert any("edmips-argmax @ digits: not budget-matched (budget used 44.4%, window \\[0.9, 1\\])" in w.value
+               for w in curves.warning)  # record text goes through Markdown escaping
+    curves.sidebar.toggle(key="unmatched").set_value(True).run()
+    df = board(curves)
+    assert df.loc[0, "Method"] == "edmips-argmax" and df.loc[0, "Budget window"] == "not budget-matched"
+    assert df.loc[0, "Budget used (%)"] == pytest.approx(400 / 9) and df.loc[0, "Extraction"] == "argmax"
+    assert len(df) == 6 and qp(curves, "unmatched") == ["1"] and not curves.warning
+
+
+def test_ties_and_intervals_in_the_table(curves):
+    df = board(curves).set_index("Method")
+    assert df["Tied with best"].tolist() == ["best", "no", "no", "tied", "no"]
+    assert df.loc["uniform", "Paired diff vs best (pp)"] == pytest.approx(-3.5)
+    assert df.loc["uniform", "± paired 95% CI (pp)"] == pytest.approx(4.302652729749464 * 3.25 ** 0.5 / 3 ** 0.5)
+    assert df.loc["asga", "± 95% CI (pp)"] == pytest.approx(4.302652729749464 * 0.5 / 3 ** 0.5)
+    assert metrics(curves)["Its top-1 (%)"][0] == "90.00 ± 1.24"
+    assert any("Statistically tied with the best" in c.value and "uniform @ digits" in c.value for c in curves.caption)
+
+
+def test_equal_accuracy_gain_and_curves_are_shown(curves):
+    m = metrics(curves)
+    assert m["At equal accuracy vs edmips-target @ fashion-mnist (search MACs)"][0] == "+471% [+433%, +540%]"
+    assert m["Reference cost at ASGA's accuracy (TMAC)"][0] == "5.71"
+    assert m["vs edmips-target @ fashion-mnist"] == ("+300%", "+1.00 pp top-1")  # the fixed-length gain beside it
+    table = [d.value for d in curves.dataframe if "Gain at equal accuracy, MACs [95% CI]" in d.value.columns][0]
+    assert dict(zip(table["Method"], table["Gain at equal accuracy, MACs [95% CI]"])) == {
+        "asga": "+471% [+433%, +540%]", "asga-rhomin": "> +700% [+700%, +∞]", "gmpq-asga": "< -67% [-100%, -67%]"}
+    assert table["Fixed-length gain, MACs"].tolist() == ["+300%", "+300%", "+33%"]
+    assert table["± 95% CI (pp)"].tolist() == [1.24, 1.24, 1.24]  # each entry's mean top-1 with its interval
+    charts = curves.get("vega_lite_chart")
+    assert len(charts) == 3  # accuracy vs BitOPs, vs search cost, and the curves
+    curves.sidebar.radio(key="cost").set_value("wall_s").run()
+    assert metrics(curves)["At equal accuracy vs edmips-target @ fashion-mnist (wall seconds)"][0] == \
+        "+376% [+344%, +433%]"
+
+
+def test_policy_view_plots_asgas_radius_and_budget_use(curves):
+    before = len(curves.get("vega_lite_chart"))
+    curves.selectbox(key="detail").set_value("asga @ digits").run()
+    assert not curves.exception
+    assert any("budget used 100.0% (window [0.9, 1]: matched)" in md.value and "extraction ilp" in md.value
+               for md in curves.markdown)
+    assert len(curves.get("vega_lite_chart")) == before + 3  # the radius trace + W and A heatmaps
+    assert any(c.value.startswith("ρ over 8 logged points: max 0.1, last 0; below 0.001 at 2 of them "
+                                  "(first at step 70)") for c in curves.caption)
+    assert any("Entropy" in e.label for e in curves.expander)
+    # heatmaps compare the ranked entries only (no other-length curve points)
+    pol = [d.value for d in curves.dataframe if "layer" in d.value.columns][0]
+    assert list(pol.columns) == ["layer", "asga @ digits", "asga-rhomin @ digits", "edmips-target @ fashion-mnist",
+                                 "uniform @ digits", "gmpq-asga @ digits"]
+    curves.selectbox(key="detail_seed").set_value(1).run()
+    assert any("budget used 98.1%" in md.value for md in curves.markdown)
+    curves.selectbox(key="detail").set_value("edmips-target @ fashion-mnist").run()  # no radius in its trace
+    assert len(curves.get("vega_lite_chart")) == before + 2
+
+
+def test_hostile_record_is_quoted_and_escaped(monkeypatch, tmp_path):
+    """Issue 14: a record whose method is shell/Markdown code is shown as text and its commands run nothing."""
+    import subprocess
+
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "results_small", results)
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    method = f"$(touch {marker}/m)[x](javascript:alert(1))"
+    for path in (results / "runs" / "default" / "resnet20" / "w2a2" / "edmips").rglob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["method"] = method
+        path.write_text(json.dumps(rec))
+    at = run_app(monkeypatch, results, query={"budget": "w2a2"})
+    row = board(at).set_index("Method").loc[method]
+    at.selectbox(key="detail").set_value(f"{method} @ digits").run()
+    assert not at.exception
+    code = [c.value for c in at.code if "snakemake --cores 8" in c.value][0]
+    lines = [row["Reproduce (snakemake)"], row["Reproduce search (mpqbench)"], *code.splitlines()]
+    stubs = 'mpqbench() { :; }; snakemake() { :; }; '
+    for line in lines:
+        assert f"'{method}'" in line or f"/{method}/" in line
+        subprocess.run(["bash", "-c", stubs + line], cwd=tmp_path, check=True, capture_output=True, timeout=30)
+    assert list(marker.iterdir()) == []
+    shown = [m.value for m in at.markdown if "seed 0" in m.value][0]
+    assert "\\$(touch" in shown and "\\[x\\](javascript:alert(1))" in shown and "[x](javascript" not in shown

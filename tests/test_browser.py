@@ -137,6 +137,19 @@ def test_leaderboard_renders_in_chromium(tmp_path):
     assert warm < (LOAD_TARGET_S if quiet_machine() else 30.0)
 
 
+def test_equal_terms_views_render_in_chromium(tmp_path):
+    """results_curves: the accuracy-vs-search-cost curves and, in asga's policy view, the radius trace draw
+    without errors (3 board charts; + radius, W and A heatmaps with the detail open)."""
+    with serve(FIXTURES / "results_curves", tmp_path / "streamlit.log") as url, browser_page(2400) as page:
+        load(page, url, ready='[data-testid="stDataFrame"]', charts=3)
+        assert_no_error(page)
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() == 3
+        assert "not budget-matched" in page.locator('[data-testid="stAlertContentWarning"]').first.inner_text()
+        load(page, f"{url}/?detail={quote('asga @ digits')}", ready='[data-testid="stDataFrame"]', charts=6)
+        assert_no_error(page)
+        assert page.locator('[data-testid="stVegaLiteChart"]').count() == 6
+
+
 def test_committed_results_page_loads(tmp_path):
     """Whatever results/ holds now: a ranked table or the clear 'no results yet' message, fast."""
     with serve(None, tmp_path / "streamlit.log") as url, browser_page() as page:

@@ -5,14 +5,25 @@ resnet20 / w3a3 / fashion-mnist, mean top-1 over ok seeds:
   edmips-target@fashion-mnist 89.5, asga@fmnist-subset 89.3, asga@digits 89.0 (88, 89, 90),
   asga-sam 88.5, gmpq-asga 87.5, gmpq 87.25, edmips 86.5 (seed 2 failed), hawq 85, uniform 84, random 81.
 Mean search MACs: asga 2e12 (2.2, 1.8, 2.0), gmpq-asga 3e12, gmpq 4e12, edmips 1e12, edmips-target 5e12.
+results_small is a suite with budget window [0.85, 1]: every entry is budget-matched.
+
+tests/fixtures/results_curves (new-style records; see CURVES in make_fixtures.py), w3a3, seeds 0, 1, 2:
+  reference edmips-target top-1 per seed at 1, 2, 4, 8 T MACs (lengths 0.25, 0.5, 1, 2; wall 50, 100, 200,
+  400 s): (84, 85, 86), (87, 87.5, 88), (86.5, 87, 87.5), (88, 89, 90) -> means 85, 87.5, 87, 89;
+  isotonic fit 85, 87.25, 87.25, 89 (the middle two pooled);
+  asga 88 (87.5, 88, 88.5) at 1 T MACs / 60 s; asga-rhomin 90 (89.5, 90, 90.5) at 1 T MACs;
+  gmpq-asga 84.5 at 3 T MACs / 150 s; uniform (88, 86, 85.5); edmips-argmax 91 at 44 % of the budget.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +35,7 @@ from mpqbench.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "results_small"
+CURVES = FIXTURES / "results_curves"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -329,7 +341,7 @@ def test_reproduce_commands(frame):
     assert (SMALL / row["record_path"].removeprefix("results/")).is_file()
     loop = lb.entry_commands(frame[(frame["method"] == "gmpq") & (frame["arch"] == "resnet20")])
     assert loop["search"].startswith("for s in 0 1; do mpqbench search --method gmpq ")
-    assert "--seed $s --out policy-s$s.json; done" in loop["search"]
+    assert loop["search"].endswith(' --seed "$s" --out "policy-s$s.json"; done')
     assert loop["snakemake"].count("results/runs/") == 2
 
 
@@ -337,6 +349,80 @@ def test_reproduce_command_quotes_odd_values():
     row = {"method": "m", "base_method": "m", "arch": "a", "proxy": "p", "target": "t", "budget": "w3a3",
            "seed": 0, "search_hparams": json.dumps({"note": "two words"}), "record_path": "results/runs/x.json"}
     assert "--hp 'note=two words'" in lb.reproduce_commands(row)["search"]
+    # a value that starts with $ is quoted like any other (it used to be left bare)
+    assert "--out '$HOME/p.json'" in lb.reproduce_commands(row, out="$HOME/p.json")["search"]
+    assert "--seed '$(id)'" in lb.reproduce_commands(row, seed="$(id)")["search"]
+
+
+HOSTILE = {
+    "method": "$(touch {m}/method)",
+    "suite": "s;touch {m}/suite",
+    "proxy": "`touch {m}/proxy`",
+    "hparams": {"note": "a'b\"c; $(touch {m}/hp) `touch {m}/hp2` $HOME", "k$(touch {m}/key)": "it's"},
+}
+
+
+def _hostile_records(marker: Path) -> list[dict]:
+    recs, _ = lb.load_records(SMALL / "runs")
+    base = next(r for r in recs if r["method"] == "asga" and r["proxy"] == "digits" and r["budget"]["name"] == "w3a3"
+                and r["seed"] == 0)
+    out = []
+    for seed in (0, 1):
+        rec = json.loads(json.dumps(base))
+        rec.update(method=HOSTILE["method"].format(m=marker), base_method="asga", suite=HOSTILE["suite"].format(m=marker),
+                   proxy=HOSTILE["proxy"].format(m=marker), seed=seed, run_id=f"hostile{seed}")
+        rec["search"]["hparams"] = {k.format(m=marker): v.format(m=marker) for k, v in HOSTILE["hparams"].items()}
+        rec["search"]["teacher_macs"] = 1e12  # the teacher path is made of suite, arch and proxy too
+        out.append(rec)
+    return out
+
+
+def _run_with_printing_programs(line: str, cwd: Path) -> list[str]:
+    """Run a reproduce line through bash with `mpqbench` and `snakemake` as functions that print their
+    arguments one per line (nothing else would run); return the printed words."""
+    script = 'mpqbench() { printf "%s\\n" "$@"; }; snakemake() { printf "%s\\n" "$@"; }; ' + line
+    proc = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "HOME": "/nonexistent-home"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_hostile_record_values_reach_the_shell_as_literal_words(tmp_path):
+    """Issue 14: method, label, suite, proxy and hyper-parameters with $(...), backticks, ; and quotes
+    give lines that parse, pass every value literally, and execute nothing."""
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    recs = _hostile_records(marker)
+    frame = lb.records_to_frame(recs)
+    method, suite, proxy = (HOSTILE[k].format(m=marker) for k in ("method", "suite", "proxy"))
+    hps = {k.format(m=marker): v.format(m=marker) for k, v in HOSTILE["hparams"].items()}
+    single = lb.reproduce_commands(frame.iloc[0])
+    loop = lb.entry_commands(frame)
+    lines = [single["search"], single["snakemake"], loop["search"], loop["snakemake"]]
+    for line in lines:
+        check = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
+        assert check.returncode == 0, (line, check.stderr)
+        assert shlex.split(line)  # POSIX shell words
+    words = shlex.split(single["search"])
+    assert words[words.index("--label") + 1] == method and words[words.index("--proxy") + 1] == proxy
+    assert words[words.index("--teacher") + 1] == f"work/{suite}/teacher/resnet20-{proxy}.pt"
+    assert sorted(w for i, w in enumerate(words) if i and words[i - 1] == "--hp") == sorted(
+        f"{k}={v}" for k, v in hps.items())
+    record_path = frame.iloc[0]["record_path"]
+    assert shlex.split(single["snakemake"])[3:] == [record_path] and method in record_path and suite in record_path
+
+    # executed (with printing stand-ins for the programs): the same literal words, and no file appears
+    printed = _run_with_printing_programs(single["search"], tmp_path)
+    assert printed == words[1:]
+    printed = _run_with_printing_programs(loop["search"], tmp_path)
+    assert printed.count("--seed") == 2 and printed[printed.index("--seed") + 1] == "0"
+    assert "policy-s0.json" in printed and "policy-s1.json" in printed and printed.count(method) == 2
+    assert _run_with_printing_programs(loop["snakemake"], tmp_path)[2:] == list(frame["record_path"])
+    for line in lines:  # and through `true`, the harmless program the line would otherwise start
+        subprocess.run(["bash", "-c", line.replace("mpqbench search", "true", 1).replace("snakemake", "true", 1)],
+                       cwd=tmp_path, capture_output=True, timeout=30, check=True)
+    assert list(marker.iterdir()) == []
+    assert not (tmp_path / "s").exists()
 
 
 # ------------------------------------------------------------------ published numbers
@@ -388,3 +474,319 @@ def test_reproduce_command_restates_every_recorded_search_setting():
                                                     "a_candidates", "teacher_macs")}
     args = build_parser().parse_args(shlex.split(lb.reproduce_commands(old)["search"])[1:])
     assert (args.proxy, args.proxy_label, args.teacher) == ("fashion-mnist-subset", None, None)
+
+
+# ------------------------------------------------------------------ budget window
+
+
+def test_budget_used_from_the_record_or_computed(frame):
+    # older records (results_small) lack achieved.budget_used: searchable BitOPs / budget
+    assert np.allclose(frame["budget_used"].astype(float), frame["bitops_g_searchable"].astype(float)
+                       / frame["budget_bitops_g"].astype(float))
+    assert (frame["budget_floor"] == 0.85).all() and frame["budget_matched"].all()
+    assert (frame["search_length"] == 1.0).all() and (frame["search_curve"] == frame["method"]).all()
+    assert (frame["search_precision"] == "fp32").all() and (frame["finetune_precision"] == "fp32").all()
+    recs, _ = lb.load_records(CURVES / "runs")
+    rec = next(r for r in recs if r["method"] == "asga" and r["seed"] == 1 and r["budget"]["name"] == "w3a3")
+    assert rec["achieved"]["budget_used"] == pytest.approx(159 / 162)  # one of 18 W3A3 layers at A2
+    row = lb.records_to_frame([rec]).iloc[0]
+    assert row["budget_used"] == pytest.approx(159 / 162) and row["budget_floor"] == 0.9 and row["budget_matched"]
+    assert (row["search_length"], row["search_curve"], row["search_extraction"]) == (1.0, "asga", "ilp")
+    # the record's own value wins over the computed one; no floor in the record = 0.9
+    odd = json.loads(json.dumps(rec))
+    odd["achieved"]["budget_used"] = 0.5
+    del odd["search"]["budget_floor"]
+    row = lb.records_to_frame([odd]).iloc[0]
+    assert row["budget_used"] == 0.5 and row["budget_floor"] == lb.DEFAULT_BUDGET_FLOOR and not row["budget_matched"]
+
+
+@pytest.mark.parametrize("used, matched", [(0.9, True), (0.9 - 1e-10, True), (0.9 - 1e-8, False), (1.0, True),
+                                           (1.0 + 1e-10, True), (1.0 + 1e-8, False), (0.64, False), (1.3, False)])
+def test_budget_window_edges(used, matched):
+    recs, _ = lb.load_records(CURVES / "runs")
+    rec = json.loads(json.dumps(recs[0]))
+    rec["achieved"]["budget_used"] = used
+    assert bool(lb.records_to_frame([rec]).iloc[0]["budget_matched"]) is matched
+
+
+@pytest.fixture(scope="module")
+def curves() -> pd.DataFrame:
+    recs, problems = lb.load_records(CURVES / "runs")
+    assert problems == [] and len(recs) == 45
+    return lb.records_to_frame(recs)
+
+
+def test_unmatched_and_other_length_entries_are_listed_but_not_ranked(curves):
+    ranked = lb.rank_methods(curves)
+    w3 = ranked[ranked["budget"] == "w3a3"]
+    assert list(zip(w3["method"], w3["rank"].astype(object)))[:5] == [
+        ("asga-rhomin", 1), ("asga", 2), ("edmips-target", 3), ("uniform", 4), ("gmpq-asga", 5)]
+    argmax = _entry(ranked, "edmips-argmax")
+    assert pd.isna(argmax["rank"]) and argmax["budget_used"] == pytest.approx(4 / 9) and not argmax["budget_matched"]
+    assert argmax["unranked"] == "not budget-matched (budget used 44.4%, window [0.9, 1])"
+    point = _entry(ranked, "edmips-target-len2", proxy="fashion-mnist")
+    assert pd.isna(point["rank"]) and point["unranked"] == "search length 2x: a point of the edmips-target cost curve"
+    assert _entry(ranked, "asga")["budget_used"] == pytest.approx((1 + 159 / 162 + 156 / 162) / 3)
+    # include_unmatched: the argmax entry competes (and wins); curve points still do not
+    every = lb.rank_methods(curves, include_unmatched=True)
+    assert _entry(every, "edmips-argmax")["rank"] == 1 and _entry(every, "asga-rhomin")["rank"] == 2
+    assert pd.isna(_entry(every, "asga-len2")["rank"])
+    # fixed-length gains leave out both kinds unless asked
+    gains = lb.efficiency_gains(ranked)
+    assert "edmips-argmax" not in set(gains["baseline"]) and not gains["baseline"].str.contains("len").any()
+    assert "edmips-argmax" in set(lb.efficiency_gains(every, include_unmatched=True)["baseline"])
+
+
+# ------------------------------------------------------------------ statistical ties by paired differences
+
+
+def test_paired_ties_with_three_seeds_by_hand(curves):
+    ranked = lb.rank_methods(curves)
+    best = _entry(ranked, "asga-rhomin")
+    assert best["tied_with_best"] and best["paired_diff_pp"] == 0 and best["paired_n"] == 3
+    # uniform - best per seed: 88-89.5, 86-90, 85.5-90.5 = -1.5, -4, -5: mean -3.5, sd sqrt(3.25),
+    # half-width t(0.975, 2) = 4.303 x sqrt(3.25) / sqrt(3) = 4.478 > 3.5: tied
+    uniform = _entry(ranked, "uniform")
+    assert uniform["paired_diff_pp"] == pytest.approx(-3.5)
+    assert uniform["paired_diff_ci"] == pytest.approx(4.302652729749464 * math.sqrt(3.25) / math.sqrt(3))
+    assert uniform["tied_with_best"] and uniform["paired_n"] == 3
+    # its unpaired interval (± 3.29) overlaps the best's (± 1.24) less than the paired test decides; asga is
+    # 2 points below in every seed: sd 0, half-width 0, not tied although the intervals nearly touch
+    asga = _entry(ranked, "asga")
+    assert (asga["paired_diff_pp"], asga["paired_diff_ci"], asga["tied_with_best"]) == (-2.0, 0.0, False)
+    assert pd.isna(_entry(ranked, "edmips-argmax")["tied_with_best"])  # unranked: not compared
+
+
+def test_paired_ties_with_two_seeds_and_missing_pairs(ranked, frame):
+    # results_small w3a3: best edmips-target (89.5, 89.5) on seeds 0, 1
+    asga = _entry(ranked, "asga")  # seeds 0, 1 in common: 88-89.5, 89-89.5 -> -1.5, -0.5
+    t1 = 12.706204736174707
+    assert (asga["paired_n"], asga["paired_diff_pp"]) == (2, pytest.approx(-1.0))
+    assert asga["paired_diff_ci"] == pytest.approx(t1 * math.sqrt(0.5) / math.sqrt(2)) and asga["tied_with_best"]
+    uniform = _entry(ranked, "uniform")  # 84 - 89.5 on both seeds: sd 0 -> not tied
+    assert (uniform["paired_diff_pp"], uniform["paired_diff_ci"], uniform["tied_with_best"]) == (-5.5, 0.0, False)
+    assert pd.isna(_entry(ranked, "edmips", budget="w2a2")["tied_with_best"])  # one seed: NA
+    # a seed the best lacks does not pair: one common seed -> NA, with its single difference
+    rows = frame[(frame["arch"] == "resnet20") & (frame["budget"] == "w3a3")].copy()
+    rows = rows[~((rows["method"] == "gmpq") & (rows["seed"] == 1))]
+    rows.loc[(rows["method"] == "gmpq"), "seed"] = 2
+    r = lb.rank_methods(rows)
+    gmpq = _entry(r, "gmpq")
+    assert gmpq["paired_n"] == 0 and pd.isna(gmpq["tied_with_best"]) and pd.isna(gmpq["paired_diff_pp"])
+    assert lb.paired_difference({0: 1.0, 1: 2.0}, {1: 1.5, 2: 0.0}) == (0.5, pytest.approx(math.nan, nan_ok=True), 1)
+
+
+# ------------------------------------------------------------------ efficiency at equal accuracy
+
+
+def test_isotonic_pools_violators_by_hand():
+    assert lb.isotonic_increasing([1, 2, 4, 8], [85, 87.5, 87, 89]).tolist() == [85, 87.25, 87.25, 89]
+    # weights: (3 x 87.5 + 1 x 87) / 4; a violation that spans three points; input order is kept
+    assert lb.isotonic_increasing([1, 2, 4], [85, 87.5, 87], [1, 3, 1]).tolist() == [85, 87.375, 87.375]
+    assert lb.isotonic_increasing([3, 1, 2], [1, 3, 2]).tolist() == [2, 2, 2]
+    assert lb.isotonic_increasing([1, 1, 2], [5, 3, 6]).tolist() == [4, 4, 6]  # equal costs share one value
+
+
+def test_isotonic_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.isotonic")
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(2, 8))
+        x, y, w = np.sort(rng.uniform(0, 10, n)), rng.normal(0, 1, n), rng.uniform(0.5, 3, n)
+        ours = lb.isotonic_increasing(x, y, w)
+        theirs = sklearn.IsotonicRegression().fit(x, y, sample_weight=w).predict(x)
+        assert np.allclose(ours, theirs)
+        rows = lb._isotonic_rows(y[None, :], w[None, :])[0]  # the vectorised form used by the bootstrap
+        assert np.allclose(rows, theirs)
+
+
+def test_equal_accuracy_gain_on_synthetic_curves():
+    cost, top1 = [1.0, 2.0, 4.0, 8.0], [85.0, 87.5, 87.0, 89.0]
+    # crossing after pooling: 87.25 at 4, 89 at 8 -> 88 at 4 + 0.75 / 1.75 x 4
+    gain, bound = lb.equal_accuracy_gain(cost, top1, 1.0, 88.0)
+    assert bound is None and gain == pytest.approx(4 + 0.75 / 1.75 * 4 - 1)
+    # pooled plateau: 87.25 is first reached at cost 2 (not 4)
+    assert lb.equal_accuracy_gain(cost, top1, 1.0, 87.25) == (pytest.approx(1.0), None)
+    # no crossing: above the reference's longest search, below its shortest
+    assert lb.equal_accuracy_gain(cost, top1, 1.0, 90.0) == (pytest.approx(7.0), ">")
+    assert lb.equal_accuracy_gain(cost, top1, 3.0, 84.5) == (pytest.approx(1 / 3 - 1), "<")
+    assert lb.equal_accuracy_gain(cost, top1, 3.0, 85.0) == (pytest.approx(1 / 3 - 1), "<")  # reached exactly
+    assert math.isnan(lb.equal_accuracy_gain(cost, top1, 0.0, 88.0)[0])  # zero-cost entry: undefined
+    assert lb.cost_at_accuracy([1.0], [80.0], 79.0) == (1.0, "<") and lb.cost_at_accuracy([1.0], [80.0], 81.0) == (1.0, ">")
+
+
+def test_equal_accuracy_gains_by_hand(curves):
+    res = {(r["budget"], r["method"]): r for r in lb.equal_accuracy_gains(curves)}
+    assert sorted(res) == [("w2a2", "asga"), ("w3a3", "asga"), ("w3a3", "asga-rhomin"), ("w3a3", "gmpq-asga")]
+    asga = res[("w3a3", "asga")]
+    assert asga["reference"] == "edmips-target@fashion-mnist"
+    assert (asga["value"], asga["bound"]) == (pytest.approx(4 + 0.75 / 1.75 * 4 - 1), None)  # C_ref 5.714 T MACs
+    assert asga["macs"]["reference_cost_at_equal_accuracy"] == pytest.approx((4 + 0.75 / 1.75 * 4) * 1e12)
+    assert asga["wall_s"]["value"] == pytest.approx((200 + 0.75 / 1.75 * 200) / 60 - 1)
+    # beside it, the fixed-length gain over the reference's default-length entry: 4 / 1 - 1, 200 / 60 - 1
+    assert asga["fixed_length_gain"] == {"macs": pytest.approx(3.0), "wall_s": pytest.approx(200 / 60 - 1)}
+    # bootstrap over 3 seeds: each all-one-seed resample has probability 1/27 = 3.7 % > 2.5 %, and they are
+    # the extremes (checked below by enumerating every resample): all seed 2 -> reference fit 86, 87.75,
+    # 87.75, 90 and asga 88.5 -> 4 + 0.75 / 2.25 x 4 = 5.333 T MACs; all seed 0 -> 84, 86.75, 86.75, 88 and
+    # 87.5 -> 4 + 0.75 / 1.25 x 4 = 6.4 T MACs
+    assert (asga["ci_low"], asga["ci_high"]) == (pytest.approx(5 + 1 / 3 - 1), pytest.approx(5.4))
+    import itertools
+    per_seed = {row[1]: row[-1] for row in _curves_table()}  # label -> top-1 of seeds 0, 1, 2
+    ref = ["edmips-target-len0.25", "edmips-target-len0.5", "edmips-target", "edmips-target-len2"]
+    seen = []
+    for draw in itertools.combinations_with_replacement(range(3), 3):
+        y = [np.mean([per_seed[m][s] for s in draw]) for m in ref]
+        seen.append(lb.equal_accuracy_gain([1, 2, 4, 8], y, 1.0, np.mean([per_seed["asga"][s] for s in draw]))[0])
+    assert min(seen) == pytest.approx(asga["ci_low"]) and max(seen) == pytest.approx(asga["ci_high"])
+    assert asga["bootstrap"] == {"n_boot": 2000, "rng_seed": 0, "seeds": [0, 1, 2], "confidence": 0.95}
+    assert asga["macs"]["bootstrap"] == {"resamples": 2000, "censored_below": 0, "censored_above": 0}
+    # the curve points it was read from
+    refc = asga["curves"]["reference"]
+    assert [p["length"] for p in refc] == [0.25, 0.5, 1.0, 2.0] and [p["macs"] for p in refc] == [1e12, 2e12, 4e12, 8e12]
+    assert [p["top1_mean"] for p in refc] == [85.0, 87.5, 87.0, 89.0]
+    assert [p["top1_fit"] for p in refc] == [85.0, 87.25, 87.25, 89.0]
+    assert refc[0]["top1_ci"] == pytest.approx(4.302652729749464 / math.sqrt(3)) and refc[0]["n_seeds"] == 3
+    assert [p["method"] for p in asga["curves"]["proposed"]] == ["asga-len0.5", "asga", "asga-len2"]
+    # no crossing either way: a bound, and an interval that is conservative on the censored side
+    rho = res[("w3a3", "asga-rhomin")]
+    assert (rho["value"], rho["bound"], rho["ci_low"], rho["ci_high"]) == (pytest.approx(7.0), ">", pytest.approx(7.0), None)
+    assert rho["macs"]["bootstrap"]["censored_above"] == 2000
+    gmpq = res[("w3a3", "gmpq-asga")]
+    assert (gmpq["value"], gmpq["bound"], gmpq["ci_low"]) == (pytest.approx(-2 / 3), "<", -1.0)
+    assert gmpq["ci_high"] == pytest.approx(-2 / 3)
+    # w2a2: fit 79, 81 at 1, 2 T MACs; asga 80.5 at 0.5 T MACs -> C_ref 1.75 T MACs, gain 2.5
+    assert res[("w2a2", "asga")]["value"] == pytest.approx(2.5)
+    # the argmax entry is not budget-matched: never a proposed entry nor a point; included on request
+    assert lb.equal_accuracy_gains(curves, methods=["edmips-argmax"]) == []
+    got = lb.equal_accuracy_gains(curves, methods=["edmips-argmax"], include_unmatched=True)
+    assert [(g["method"], g["bound"]) for g in got] == [("edmips-argmax", ">")]
+
+
+def _curves_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [row for row in mod.CURVES if row[0] == "w3a3"]
+
+
+def test_equal_accuracy_bootstrap_is_deterministic_and_drops_missing_seeds(curves):
+    a = lb.equal_accuracy_gains(curves)
+    b = lb.equal_accuracy_gains(curves.sample(frac=1, random_state=4))
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # a reference point without seed 2 (failed run): the point estimate uses its two seeds (len2 mean
+    # (88 + 89) / 2 = 88.5, weight 2 -> fit 85, 87.25, 87.25, 88.5 -> 88 at 4 + 0.75 / 1.25 x 4 = 6.4);
+    # in a resample, that point's top-1 is the mean over the drawn seeds it has (dropped when it has none),
+    # so draws heavy in seed 2 raise asga but not the reference's top: they are censored above
+    holed = curves[~((curves["method"] == "edmips-target-len2") & (curves["seed"] == 2))]
+    asga = next(r for r in lb.equal_accuracy_gains(holed) if r["method"] == "asga" and r["budget"] == "w3a3")
+    assert asga["value"] == pytest.approx(5.4) and asga["bound"] is None
+    assert asga["ci_low"] <= asga["value"] and asga["ci_high"] is None
+    # the censored share against an exact enumeration of the 27 equally likely ordered draws
+    import itertools
+    per_seed = {row[1]: dict(enumerate(row[-1])) for row in _curves_table()}
+    del per_seed["edmips-target-len2"][2]
+    ref = ["edmips-target-len0.25", "edmips-target-len0.5", "edmips-target", "edmips-target-len2"]
+    censored = 0
+    for draw in itertools.product(range(3), repeat=3):
+        have = [[per_seed[m][s] for s in draw if s in per_seed[m]] for m in ref]
+        cost = [c for c, h in zip([1, 2, 4, 8], have) if h]
+        y = [np.mean(h) for h in have if h]
+        w = [len(h) for h in have if h]
+        censored += lb.equal_accuracy_gain(cost, y, 1.0, np.mean([per_seed["asga"][s] for s in draw]), weights=w)[1] == ">"
+    # (0, 2, 2) in any order: len2 88 < asga 88.17; (2, 2, 2): len2 dropped, the top 87.75 < asga 88.5
+    assert censored == 4
+    assert asga["macs"]["bootstrap"]["censored_above"] / 2000 == pytest.approx(censored / 27, abs=0.03)
+    # one seed only: a value, no interval
+    one = lb.equal_accuracy_gains(curves[curves["seed"] == 0])
+    assert all(r["ci_low"] is None and r["ci_high"] is None and r["bootstrap"]["n_boot"] == 0 for r in one)
+
+
+def test_curve_points(curves):
+    pts = lb.curve_points(curves)
+    ref = pts[(pts["budget"] == "w3a3") & (pts["curve"] == "edmips-target")]
+    assert ref["length"].tolist() == [0.25, 0.5, 1.0, 2.0] and (ref["n_points"] == 4).all()
+    assert "edmips-argmax" not in set(pts["method"])
+    assert "edmips-argmax" in set(lb.curve_points(curves, include_unmatched=True)["method"])
+
+
+def test_format_gain():
+    assert lb.format_gain(4.714, None, 4.333, 5.4) == "+471% [+433%, +540%]"
+    assert lb.format_gain(7.0, ">", 7.0, None) == "> +700% [+700%, +∞]"
+    assert lb.format_gain(float("nan"), None) == "n/a" and lb.format_gain(None, None) == "n/a"
+    assert lb.format_gain(-2 / 3, "<", -1.0, -2 / 3) == "< -67% [-100%, -67%]"
+
+
+def test_summary_carries_budget_ties_and_equal_accuracy(curves):
+    s = lb.summary(curves)
+    cell = s["groups"]["default"]["resnet20"]["fashion-mnist"]["w3a3"]
+    asga = cell["entries"]["asga@digits"]
+    assert (asga["rank"], asga["tied_with_best"], asga["paired_diff_pp"], asga["budget_matched"]) == (2, False, -2.0, True)
+    assert asga["budget_used"] == pytest.approx((1 + 159 / 162 + 156 / 162) / 3) and asga["top1_ci"] == pytest.approx(
+        4.302652729749464 * 0.5 / math.sqrt(3))
+    argmax = cell["entries"]["edmips-argmax@digits"]
+    assert argmax["rank"] is None and argmax["budget_matched"] is False and "not budget-matched" in argmax["unranked"]
+    assert cell["entries"]["edmips-target-len2@fashion-mnist"]["search_length"] == 2.0
+    eq = cell["gain_at_equal_accuracy"]["asga@digits"]
+    assert eq["value"] == pytest.approx(4 + 0.75 / 1.75 * 4 - 1) and eq["reference"] == "edmips-target@fashion-mnist"
+    assert len(eq["curves"]["reference"]) == 4 and set(eq["curves"]["reference"][0]) == {
+        "method", "length", "macs", "wall_s", "top1_mean", "top1_ci", "n_seeds", "top1_fit"}
+    # the fixed-length gain stays beside it: 4 T MACs / 1 T MACs - 1
+    assert cell["gains"]["asga@digits"]["edmips-target@fashion-mnist"]["gain_macs"] == pytest.approx(3.0)
+    assert "edmips-argmax@digits" not in cell["gains"]["asga@digits"]
+    assert "fixed-length" in s["conventions"]["gain"] and "isotonic" in s["conventions"]["gain_at_equal_accuracy"]
+    text = json.dumps(s, allow_nan=False, sort_keys=True)
+    assert text == json.dumps(lb.summary(curves.sample(frac=1, random_state=2)), allow_nan=False, sort_keys=True)
+    every = lb.summary(curves, include_unmatched=True)["groups"]["default"]["resnet20"]["fashion-mnist"]["w3a3"]
+    assert every["entries"]["edmips-argmax@digits"]["rank"] == 1
+    # a group without the reference has no equal-accuracy gains, but the key is there
+    small = lb.summary(lb.records_to_frame(lb.load_records(SMALL / "runs")[0]))
+    assert small["groups"]["default"]["mobilenet_v2"]["fashion-mnist"]["w4a4"]["gain_at_equal_accuracy"] == {}
+
+
+def test_csv_carries_the_new_columns_and_older_csvs_still_read(curves, tmp_path):
+    path = tmp_path / "leaderboard.csv"
+    lb.write_leaderboard_csv(curves, path)
+    back = lb.read_leaderboard_csv(path)
+    pd.testing.assert_frame_equal(back, curves)
+    header = path.read_text().splitlines()[0].split(",")
+    for col in ("budget_used", "budget_floor", "budget_matched", "search_extraction", "search_length", "search_curve",
+                "search_precision", "finetune_precision"):
+        assert col in header
+    # a CSV written before these columns existed: fallbacks as for old records
+    old = pd.read_csv(path, dtype=str, keep_default_na=False).drop(
+        columns=["budget_used", "budget_floor", "budget_matched", "search_length", "search_curve"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    again = lb.read_leaderboard_csv(tmp_path / "old.csv")
+    assert np.allclose(again["budget_used"].astype(float), curves["budget_used"].astype(float))
+    assert (again["budget_floor"] == 0.9).all() and (again["search_curve"] == again["method"]).all()
+
+
+def test_results_table_script(curves, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "leaderboard.csv"
+    lb.write_leaderboard_csv(curves, path)
+    lines = mod.table(path).splitlines()
+    assert "mean ± 95% CI" in lines[0] and len(lines) == 2 + 8  # 6 w3a3 + 2 w2a2 entries at length 1
+    assert lines[2].startswith("| w3a3 | asga-rhomin | digits | 90.00 ± 1.24 | 3 | best | 98.1% | ilp |")
+    assert "| uniform | digits | 86.50 ± 3.29 | 3 | yes (-3.50 ± 4.48) |" in lines[5]
+    assert "| edmips-argmax | digits | 91.00 ± 1.24 | 3 |  | 44.4% (not matched) | argmax |" in lines[7]
+    gains = mod.gains_table(path).splitlines()
+    assert "| w3a3 | asga | digits | edmips-target@fashion-mnist | +471% [+433%, +540%] | +376% [+344%, +433%] | +300% |" in gains[3]
+    assert "> +700% [+700%, +∞]" in gains[4]
+
+
+def test_odd_values_in_the_new_fields_read_as_missing():
+    recs, _ = lb.load_records(CURVES / "runs")
+    rec = json.loads(json.dumps(recs[0]))
+    rec["achieved"]["budget_used"] = "lots"
+    rec["search"].update(length="long", budget_floor=True, curve=["x"], extraction=3, trace="none", entropy=[1])
+    row = lb.records_to_frame([rec]).iloc[0]
+    assert row["budget_used"] == pytest.approx(rec["achieved"]["bitops_g_searchable"] / rec["budget"]["bitops_g"])
+    assert (row["search_length"], row["budget_floor"], row["search_curve"]) == (1.0, 0.9, rec["method"])
+    assert row["search_extraction"] == "3"

@@ -8,12 +8,14 @@ rule aggregate:
     output:
         leaderboard=AGGREGATES["leaderboard"],
         summary=AGGREGATES["summary"],
+        jobs=AGGREGATES["jobs"],
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCH}/aggregate.tsv"
     params:
         runs=lambda wildcards: RUNS_DIR,
+        bench=BENCH,
         out_dir=lambda wildcards, output: os.path.dirname(output.summary) or ".",
     threads: res("aggregate").threads
     resources:
@@ -21,4 +23,5 @@ rule aggregate:
         runtime=res("aggregate").runtime,
         gpu=res("aggregate").gpu,
     shell:
-        "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} --no-figures > {log} 2>&1"
+        "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} --no-figures"
+        " --bench-dir {params.bench} > {log} 2>&1"

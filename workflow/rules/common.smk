@@ -40,6 +40,7 @@ RECORDS = [RECORD.format(**run._asdict()) for run in SUITE.runs()]
 AGGREGATES = dict(
     leaderboard=f"{RESULTS}/leaderboard.csv",
     summary=f"{RESULTS}/summary.json",
+    jobs=f"{RESULTS}/jobs.tsv",
     figures=f"{RESULTS}/figures",
 )
 
