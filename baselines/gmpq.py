@@ -6,10 +6,32 @@ is computed for the teacher and for the supernet: channel weights w_c = spatial 
 is the logit of the network's own predicted class and F the last-stage feature map, and
 A = ReLU(Σ_c w_c F_c). The supernet's map is built with ``create_graph=True`` so that the loss reaches
 both θ and α (double back-propagation). The loss adds
-``a_w · mean_i ‖n(A_teacher,i^p) − n(A_student,i)‖²`` with n = per-image L2 normalisation, p = 3, a_w = 20.
 
-Deviation from the released code (documented in the research notes): the teacher is in eval mode, so
-its BatchNorm statistics are fixed and it receives no gradient.
+    a_w · 1/(B·H·W) · Σ_i ‖n(A_teacher,i^p) − n(A_student,i)‖²,   n = per-image L2 normalisation,
+
+p = 3, a_w = 20: the squared difference of the normalised maps averaged over all batch × pixel elements,
+the scale of the reference code's ``cal_l2loss`` (whose defaults are a_w = 20, p = 3). Because each
+normalised map has unit norm, the per-image sum is bounded by 4 whatever the map size, so the loss scales
+as 1/(H·W) across proxies and architectures: the same a_w is 16× weaker on ResNet-20's 4×4 last stage at a
+16-px proxy than on a 1×1 map, and 49× weaker at 7×7 (ResNet-18/50 at 224 px) — as in the reference code.
+The weight 20 was re-checked on the default suite's geometry by a short sweep (docs/methods.md, "GMPQ").
+
+Grad-CAM gradient (ours, cheaper than the reference code, same value): ∂s/∂F is taken by
+``torch.autograd.grad(s, F)``, which only runs back through what lies between F and the logits — global
+average pooling and the classifier. For a map of the last stage that is exact: s depends on F through those
+two layers only. The reference code instead calls ``out.backward(grad_out, create_graph=True)`` (student)
+and ``out.backward(grad_out, retain_graph=True)`` (teacher), a full backward pass through every layer
+into every parameter, of which only F's gradient is used. By counting (``FlopCounterMode`` on the default
+suite's ResNet-20 at 16 px, see docs/methods.md; a count of the multiply-accumulates each scheme performs,
+not a timing), one search step of the reference scheme costs about 2× ours (ours: student forward and
+backward plus a teacher forward; the reference adds a full student backward and a full teacher backward).
+A map taken before the last stage would need the gradient through the later stages: this implementation
+only supports the last stage (``LAST_STAGE``).
+
+Deviations from the released code: the teacher is in eval mode, so its BatchNorm statistics are fixed and
+it receives no gradient; channel weights are the spatial *mean* of the gradient (Grad-CAM) where the code
+takes the spatial sum — a per-image factor H·W that the L2 normalisation removes; p is a fixed number (the
+code's option of a p tied to the expected bit-widths, ``--pnorm 0``, is not implemented).
 
 ``gmpq-asga`` is the same search with ASGA's weight step (the paper's "GMPQ-ASGA").
 """
@@ -52,14 +74,19 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, stage: str, *, create_gr
 
 
 def attribution_loss(teacher_maps: torch.Tensor, student_maps: torch.Tensor, p: float = 3.0) -> torch.Tensor:
-    """mean over images of ‖n(A_t^p) − n(A_s)‖², n = L2 normalisation of the flattened map."""
+    """Mean over all B × H × W elements of (n(A_t^p) − n(A_s))², n = L2 normalisation of each flattened map.
+
+    The reference code's ``cal_l2loss`` scale: 1/(H·W) times the per-image squared distance averaged over
+    images, so it shrinks as 1/(H·W) with the map size.
+    """
     t = F.normalize(teacher_maps.flatten(1).pow(p), dim=1)
     s = F.normalize(student_maps.flatten(1), dim=1)
-    return (t - s).pow(2).sum(dim=1).mean()
+    return (t - s).pow(2).mean()
 
 
 class GmpqHparams(DiffHparams):
-    attribution_weight: float = Field(20.0, description="a_w of the attribution imitation loss")
+    attribution_weight: float = Field(20.0, description="a_w of the attribution imitation loss (a mean over "
+                                      "batch × pixels, the reference code's scale)")
     attribution_p: float = Field(3.0, description="power p applied to the teacher's map")
 
 

@@ -1,7 +1,8 @@
 """GMPQ (baselines/gmpq.py): attribution maps, the attribution-imitation loss, and its double backward.
 
 - ``attribution_loss`` is zero exactly when the student map equals the teacher's map to the power p up to a
-  positive per-image scale (both sides are L2-normalised per image), and positive otherwise;
+  positive per-image scale (both sides are L2-normalised per image), and positive otherwise; it is the mean
+  over batch × pixels (the reference code's ``cal_l2loss`` scale), so it scales as 1/(H·W) with the map size;
 - ``attribution_maps`` equals Grad-CAM computed by hand: for a stage followed by global average pooling and
   a linear head, ∂logit_c/∂F_k(h, w) = W[c, k] / (H·W), so the channel weight is w_k = W[c_pred, k] / (H·W);
 - the aux loss built with ``create_graph=True`` through a real supernet sends gradient to the network
@@ -63,17 +64,43 @@ def test_attribution_loss_positive_otherwise_and_matches_hand_formula():
     assert loss.item() > 0
     t = teacher.flatten(1).pow(3)
     s = student.flatten(1)
-    by_hand = ((t / t.norm(dim=1, keepdim=True) - s / s.norm(dim=1, keepdim=True)) ** 2).sum(1).mean()
+    by_hand = ((t / t.norm(dim=1, keepdim=True) - s / s.norm(dim=1, keepdim=True)) ** 2).sum(1).mean() / 25
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-12)
-    # A negative scale flips the normalised map: that is not a match.
-    assert attribution_loss(teacher, -teacher.pow(3), p=3.0).item() == pytest.approx(4.0, rel=1e-12)
+    # A negative scale flips the normalised map: ‖n − (−n)‖² = 4 per image, over 25 pixels.
+    assert attribution_loss(teacher, -teacher.pow(3), p=3.0).item() == pytest.approx(4.0 / 25, rel=1e-12)
 
 
-def test_attribution_loss_is_per_image_not_per_batch():
-    # Image 0 matches, image 1 does not: the loss is half of image 1's squared distance.
+def test_attribution_loss_by_hand_on_a_tiny_map():
+    # Two 2×2 maps. Image 0: the teacher is flat, n(t) = (½, ½, ½, ½); the student is one pixel,
+    # n(s) = (1, 0, 0, 0): squared distance (½)² + 3·(½)² = 1. Image 1: the teacher's single pixel
+    # (2³ = 8 at p = 3) normalises to (1, 0, 0, 0), the student's to (0, 0, 0, 1): distance 2.
+    # Mean over the 2 × 4 batch × pixel elements: (1 + 2) / 8 = 0.375 (a per-image sum would give 1.5).
+    teacher = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    student = torch.tensor([[[3.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.5]]], dtype=torch.float64)
+    assert attribution_loss(teacher, student, p=3.0).item() == pytest.approx(0.375, rel=1e-12)
+    # One image and one pixel that differ by sign only: 1·(1 − (−1))² / 1 = 4.
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    assert attribution_loss(one, -one, p=1.0).item() == pytest.approx(4.0, rel=1e-12)
+
+
+def test_attribution_loss_averages_over_images_and_pixels():
+    # Image 0 matches, image 1 does not (distance 2): the loss is 2 over 2 images × 2 pixels.
     a = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]], dtype=torch.float64)
     b = torch.tensor([[[5.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)
-    assert attribution_loss(a, b, p=1.0).item() == pytest.approx(1.0, rel=1e-12)  # (1 + 1) / 2
+    assert attribution_loss(a, b, p=1.0).item() == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_attribution_loss_scales_as_one_over_map_area(k):
+    # Repeating every pixel k×k times leaves each normalised map's per-image squared distance unchanged
+    # (k² copies of entries 1/k as large), so the mean over pixels drops by exactly k²: 1/(H·W) scaling.
+    g = torch.Generator().manual_seed(2)
+    teacher = torch.rand(3, 4, 4, generator=g, dtype=torch.float64)
+    student = torch.rand(3, 4, 4, generator=g, dtype=torch.float64)
+    big_t = teacher.repeat_interleave(k, 1).repeat_interleave(k, 2)
+    big_s = student.repeat_interleave(k, 1).repeat_interleave(k, 2)
+    small = attribution_loss(teacher, student).item()
+    assert attribution_loss(big_t, big_s).item() == pytest.approx(small / k**2, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- the maps

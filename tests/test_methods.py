@@ -76,20 +76,20 @@ def test_method_contract(method, tmp_path, teacher):
     used = policy.achieved.bitops_g_searchable / policy.budget.bitops_g
     assert policy.achieved.budget_used == pytest.approx(used, rel=1e-12)
     assert policy.search.budget_floor == 0.9
-    if policy.search.extraction in ("ilp", "uniform-p") or method == "random":
+    if policy.search.extraction != "argmax":  # only the published argmax extraction may undershoot
         assert 0.9 * (1 - 1e-9) <= used <= 1 + 1e-9, f"{method} used {used:.3f} of its budget"
     if not cls.runs_network:
         assert policy.search.macs_processed == 0
     else:
         assert policy.search.macs_processed > 0
     assert policy.search.hparams["method"] == method
-    if get_method(method).needs_teacher:  # the proxy teacher's training, read from its checkpoint
+    if cls.needs_teacher and not cls.searches_on_target:  # the proxy teacher's training, from its checkpoint
         meta = torch.load(teacher, weights_only=True)["meta"]
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (meta["macs_processed"], meta["wall_s"])
         assert policy.search.teacher_macs > 0
     else:
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (0.0, 0.0)
-    if not cls.iterative or method == "hawq":  # one-shot: no convergence point
+    if not cls.iterative:  # one-shot: no convergence point
         assert (policy.search.settled_step, policy.search.settled_macs) == (None, None)
     else:  # iterative: the argmax policy reached its final value at a recorded step of this search
         assert 0 < policy.search.settled_step <= policy.search.steps

@@ -123,7 +123,9 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
     outcome = method_cls().search(ctx, hp)
     wall_s = time.perf_counter() - t0
     teacher_cost = {"teacher_wall_s": 0.0, "teacher_macs": 0.0}
-    if method_cls.needs_teacher:  # what training the FP proxy teacher cost, from the checkpoint the method read
+    # what training the FP *proxy* teacher cost, from the checkpoint the method read. A method that searches on the
+    # target (hawq-target) reads the target FP start model that every fine-tune shares: no extra cost of its own.
+    if method_cls.needs_teacher and not method_cls.searches_on_target:
         if ctx.teacher_meta is None:  # a method that needs the teacher but did not load it
             ctx.load_teacher()
         tmeta = ctx.teacher_meta
