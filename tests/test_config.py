@@ -44,8 +44,8 @@ def test_suite_files_pass_model_and_schema(name):
 def test_default_suite_grid():
     cfg = suite("default")
     runs = cfg.runs()
-    # 25 entries per seed at w3a3 (23 + the two ablations), 23 at w2.5a2.5, three seeds
-    assert len(runs) == len(set(runs)) == 3 * (25 + 23)
+    # 23 entries per seed at w3a3 (21 + the two ablations), 21 at w2.5a2.5, three seeds
+    assert len(runs) == len(set(runs)) == 3 * (23 + 21)
     assert cfg.target.dataset == "fashion-mnist" and list(cfg.archs) == ["resnet20"]
     assert cfg.budgets == ["w3a3", "w2.5a2.5"] and cfg.seeds == [0, 1, 2] and cfg.budget_floor == 0.9
     by_method = {}
@@ -70,8 +70,8 @@ def test_default_suite_grid():
     entries = cfg.entries()
     assert entries["edmips-target-len0.25"].epochs == 0.5 and entries["edmips-target-len2"].epochs == 4
     assert entries["asga-len0.5"].epochs == 2.5 and entries["asga-len0.5"].curve == "asga"
-    assert by_method["asga-len2"] == {("w3a3", "digits"), ("w2.5a2.5", "digits")}
-    assert {m for m in by_method if m.startswith("asga-probe-len")} == {"asga-probe-len0.5", "asga-probe-len2"}
+    assert by_method["asga-len0.5"] == {("w3a3", "digits"), ("w2.5a2.5", "digits")}
+    assert {m for m in by_method if m.startswith("asga-probe-len")} == {"asga-probe-len0.5"}
     # one proxy teacher (digits); hawq-target uses the target FP start model, not a teacher of its own
     assert cfg.teachers() == [("resnet20", "digits")]
     assert cfg.datasets() == [("digits", None), ("fashion-mnist", None)]

@@ -42,6 +42,7 @@ from mpqbench.optim.asga import ASGA
 from mpqbench.quant import arch_parameters, build_supernet, mixed_layers, quantizer_parameters, weight_parameters
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method, settle_point
 from mpqbench.search.extract import entropies, extract
+from mpqbench.train import autocast_for
 from mpqbench.utils import seed_everything, torch_save
 
 
@@ -194,10 +195,11 @@ class DifferentiableSearch(Method):
                 x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
 
                 def closure() -> torch.Tensor:
-                    logits, aux = self.aux_loss(supernet, x, y, ctx, hp)
-                    loss = F.cross_entropy(logits, y)
+                    with autocast_for(ctx.device, ctx.precision):  # the network's forward (and GMPQ's maps)
+                        logits, aux = self.aux_loss(supernet, x, y, ctx, hp)
+                    loss = F.cross_entropy(logits.float(), y)  # losses, complexity and entropy terms in fp32
                     if aux is not None:
-                        loss = loss + aux
+                        loss = loss + aux.float()
                     loss = loss + self.complexity_loss(supernet, ctx, hp)
                     if hp.entropy_weight > 0:
                         loss = loss + hp.entropy_weight * (step / total_steps) * self.mean_entropy(supernet)
