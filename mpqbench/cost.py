@@ -27,7 +27,6 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from mpqbench.errors import UserError
 from mpqbench.models import fixed_layer_names, get_model, searchable_layer_names
@@ -324,6 +323,10 @@ class SearchCostMeter:
         if kind in self._macs_per_sample:
             yield
         else:
+            # imported here, not with the module: it loads triton where installed (~0.1-0.2 s), which jobs
+            # that never count MACs (evaluate, complexity, aggregate) do not need
+            from torch.utils.flop_counter import FlopCounterMode
+
             with FlopCounterMode(display=False) as counter:
                 yield
             self._macs_per_sample[kind] = counter.get_total_flops() / 2 / batch_size

@@ -235,3 +235,14 @@ def test_macs_of_real_quantized_layers_and_state_untouched():
     assert layer_macs(net, input_size=8, in_channels=3) == HAND_MACS
     after = net.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_importing_cost_does_not_load_the_flop_counter() -> None:
+    """torch.utils.flop_counter loads triton where it is installed; jobs that count no MACs skip it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mpqbench.cost, mpqbench.train, mpqbench.pipeline; "
+            "print('torch.utils.flop_counter' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

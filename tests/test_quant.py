@@ -24,7 +24,7 @@ from mpqbench.quant import (LsqQuantizer, MixedConv2d, MixedLinear, QConv2d, QLi
                             quantizer_parameters, set_backend, weight_parameters)
 
 
-@pytest.fixture(autouse=True, params=["eager", "reference"])
+@pytest.fixture(autouse=True, params=["native", "eager", "reference"])
 def lsq_backend(request):
     old = set_backend(request.param)
     yield request.param
@@ -307,3 +307,34 @@ def test_compiled_backend_falls_back_to_eager(lsq_backend, monkeypatch):
     finally:
         set_backend(old)
     torch.testing.assert_close(y, V_HAT, rtol=0, atol=0)
+
+
+def test_frozen_weights_quantize_once_and_change_nothing(monkeypatch):
+    from mpqbench.quant import frozen_weights
+    from mpqbench.quant.layers import _Quantized
+    from mpqbench.quant.supernet import _Mixed
+
+    torch.manual_seed(11)
+    net = quantize_model(_net(), {"0": (8, 8), "6": (4, 4)})
+    build_supernet(net, ["3"], [2, 3], [2, 4])
+    x = torch.randn(3, 1, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        want = net(x)
+    calls = []
+    for cls in (_Quantized, _Mixed):
+        real = cls.quantized_weight
+        monkeypatch.setattr(cls, "quantized_weight", lambda self, real=real: calls.append(1) or real(self))
+    with torch.no_grad(), frozen_weights(net):
+        assert len(calls) == 3  # once per quantized/supernet layer, on entry
+        got = [net(x), net(x)]
+        with frozen_weights(net):
+            net(x)
+        assert net[3]._frozen_weight is not None  # the outer block's weights are back
+    assert len(calls) == 6  # nested entry recomputed; no forward quantized a weight
+    for y in got:
+        assert torch.equal(y, want)
+    assert all(getattr(m, "_frozen_weight", None) is None for m in net.modules())
+    with torch.no_grad():
+        net(x)
+    assert len(calls) == 9  # outside the block every forward quantizes its weights again

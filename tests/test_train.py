@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 import socket
 import warnings
@@ -288,3 +289,75 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path) -> None:
     assert r0["stats"]["macs_processed"] == r1["stats"]["macs_processed"]
     assert 2 * MLP_MACS <= r0["stats"]["macs_processed"] / 64 <= 3 * MLP_MACS
     assert ck["scheduler"]["last_epoch"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+def test_autocast_for_and_precision_setting() -> None:
+    assert isinstance(train_mod.autocast_for("cpu", "fp32"), contextlib.nullcontext)
+    ctx = train_mod.autocast_for(torch.device("cpu"), "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cpu"
+    with pytest.raises(UserError, match="precision"):
+        train_mod.autocast_for("cpu", "fp16")
+    with pytest.raises(UserError, match="precision"):
+        _cfg(precision="half")
+    with pytest.raises(UserError, match="CPU or CUDA"):
+        train_mod.autocast_for("meta", "bf16")
+
+
+def test_bf16_training_runs_the_forward_under_cpu_autocast(tmp_path) -> None:
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.fc(x)
+            seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+            return out
+
+    stats = train(Probe(), _images(n=32), _cfg(epochs=1, precision="bf16"), ckpt_path=tmp_path / "ck.pt",
+                  progress=False)
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    assert math.isfinite(stats["final_train_loss"])
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["config"]["precision"] == "bf16"
+
+
+def test_evaluate_bf16_keeps_metrics_in_fp32_and_close_to_fp32() -> None:
+    from mpqbench.quant import quantize_model
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    quantize_model(net, {"0": (8, 8), "2": (4, 4), "6": (8, 8)})
+    ds = _images(n=64)
+    net.eval()(ds.batch(torch.arange(8))[0])  # calibrate
+    fp32 = evaluate(net, ds, batch_size=16, device="cpu")
+    bf16 = evaluate(net, ds, batch_size=16, device="cpu", precision="bf16")
+    assert isinstance(bf16["loss"], float) and bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+    assert abs(bf16["top1"] - fp32["top1"]) <= 100 * 3 / 64  # a few of 64 near-tied images may flip
+
+
+def test_evaluate_quantizes_each_weight_once(monkeypatch) -> None:
+    from mpqbench.quant import quantize_model
+    from mpqbench.quant.layers import _Quantized
+
+    net = quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Linear(16, 3)),
+                         {"1": (4, 4), "3": (8, 8)})
+    calls = []
+    real = _Quantized.quantized_weight
+    monkeypatch.setattr(_Quantized, "quantized_weight", lambda self: calls.append(1) or real(self))
+    evaluate(net, _images(n=96), batch_size=8, device="cpu")  # 12 batches
+    assert len(calls) == 2
+
+
+def test_tune_malloc_is_idempotent() -> None:
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    first = train_mod.tune_malloc()
+    assert train_mod.tune_malloc() == first

@@ -6,13 +6,17 @@
 
 Quantizer steps and signedness are initialised from the first batch a layer sees: run one forward pass
 (e.g. under torch.no_grad()) on a representative batch before training to calibrate them.
-Backends: `set_backend("eager" | "compiled" | "reference")` or MPQBENCH_LSQ_BACKEND (see lsq.py).
+Backends: `set_backend("native" | "eager" | "compiled" | "reference")` or MPQBENCH_LSQ_BACKEND (see lsq.py);
+"native" (fused C kernels, compiled once per machine) is the default.
+Evaluation: `with frozen_weights(model): ...` quantizes every layer's weight once for the whole block.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
+import torch
 import torch.nn as nn
 
 from mpqbench.errors import UserError
@@ -22,7 +26,7 @@ from mpqbench.quant.supernet import MixedConv2d, MixedLinear
 
 __all__ = ["LsqQuantizer", "QConv2d", "QLinear", "MixedConv2d", "MixedLinear", "quantize_model",
            "build_supernet", "mixed_layers", "arch_parameters", "weight_parameters", "quantizer_parameters",
-           "lsq_fake_quant", "quant_error_sq", "set_backend", "get_backend"]
+           "lsq_fake_quant", "quant_error_sq", "set_backend", "get_backend", "frozen_weights"]
 
 _SWAPPED = (QConv2d, QLinear, MixedConv2d, MixedLinear)
 
@@ -78,3 +82,24 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter that is neither an α nor an LSQ step (conv/linear weights, biases, BatchNorm affine)."""
     other = {id(p) for p in arch_parameters(model) + quantizer_parameters(model)}
     return [p for p in model.parameters() if id(p) not in other]
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every quantized and supernet layer of ``model`` uses the (mixed) fake-quantized weight
+    computed once on entry (without autograd) instead of quantizing its weight on every forward.
+
+    For evaluation: nothing inside may change the weights, the quantizer steps or the α's (the layers would
+    keep using the weights of the entry). Nested uses recompute on entry and restore the outer ones on exit.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _SWAPPED)]
+    saved = [getattr(m, "_frozen_weight", None) for m in layers]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m._frozen_weight = None
+                m._frozen_weight = m.quantized_weight()
+        yield model
+    finally:
+        for m, w in zip(layers, saved):
+            m._frozen_weight = w

@@ -2,6 +2,8 @@
 
 `.weight` / `.bias` stay the full-precision parameters (the latent weights QAT trains); the quantizers are
 `act_quant` (signedness detected on the first batch) and `weight_quant` (signed, per output channel by default).
+Inside :func:`mpqbench.quant.frozen_weights` a layer uses the quantized weight computed on entry instead of
+quantizing its weight on every forward.
 """
 
 from __future__ import annotations
@@ -54,16 +56,24 @@ class _Quantized:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w_bits={self.w_bits}, a_bits={self.a_bits}"
 
+    def quantized_weight(self) -> Tensor:
+        """The fake-quantized weight the forward uses (computed now)."""
+        return self.weight_quant(self.weight)
+
+    def _weight(self) -> Tensor:
+        frozen = getattr(self, "_frozen_weight", None)
+        return self.quantized_weight() if frozen is None else frozen
+
 
 class QConv2d(_Quantized, nn.Conv2d):
     """nn.Conv2d on LSQ-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return self._conv_forward(self.act_quant(x), self._weight(), self.bias)
 
 
 class QLinear(_Quantized, nn.Linear):
     """nn.Linear on LSQ-quantized input and weight."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+        return F.linear(self.act_quant(x), self._weight(), self.bias)

@@ -7,13 +7,19 @@ Gradients, exactly as in the paper (strict inequalities):
     ∂v̂/∂s = round(v/s) - v/s inside, Q_N below, Q_P above; then scaled by g = 1/√(N·Q_P)
 with N the number of elements of v per step element (v.numel() per tensor, v.numel()/C per channel).
 
-Three backends with these semantics (`set_backend`, or the env var MPQBENCH_LSQ_BACKEND):
+Four backends with these semantics (`set_backend`, or the env var MPQBENCH_LSQ_BACKEND):
 - ``reference``: plain differentiable torch ops (`_lsq_reference`); any order of derivative.
-- ``eager`` (default): one autograd.Function (`_LsqMix`) that also mixes K candidates, Σ_k p_k·Q_k(v)
-  (supernet), in one call: it works in a few preallocated buffers with in-place passes, takes ∂/∂v from one
-  ``hardtanh_backward`` (strict-inside mask) and ∂/∂s from dot products of exact residuals, and saves nothing
-  but its input (which the previous layer keeps anyway) — K candidates are recomputed in the backward, not
-  stored.
+- ``native`` (default): one autograd.Function (`_LsqMix`) that also mixes K candidates, Σ_k p_k·Q_k(v)
+  (supernet), in one call, running fused C kernels (:mod:`mpqbench.quant.native`) on CPU tensors: one read
+  of v forward, one read of v and the gradient backward (∂/∂v, and ∂/∂s, ∂/∂p as float64 sums), the K
+  candidates mixed in registers. The kernels are compiled once per machine (about a second) and cached;
+  without a C compiler the backend warns once and becomes ``eager``. Tensors the kernels do not take (CUDA,
+  float16, per-channel steps on a dim other than 0, tensors under a tracing dispatch mode) run the eager
+  kernels of the same Function.
+- ``eager``: the same Function on torch ops: a few preallocated buffers with in-place passes, ∂/∂v from
+  one ``hardtanh_backward`` (strict-inside mask) and ∂/∂s from dot products of exact residuals; it saves
+  nothing but its input (which the previous layer keeps anyway) — K candidates are recomputed in the
+  backward, not stored.
 - ``compiled``: the same Function with its per-tensor kernels fused by torch.compile (dynamic shapes,
   bit-widths symbolic, so a handful of graphs per process; ~10-60 s compile on first use, cached on disk by
   inductor). Per-channel steps stay eager. Any compile failure warns once and falls back to ``eager``.
@@ -35,15 +41,18 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-BACKENDS = ("reference", "eager", "compiled")
-_BACKEND = os.environ.get("MPQBENCH_LSQ_BACKEND", "eager")
+from mpqbench.quant import native
+
+BACKENDS = ("reference", "eager", "native", "compiled")
+DEFAULT_BACKEND = "native"
+_BACKEND = os.environ.get("MPQBENCH_LSQ_BACKEND", DEFAULT_BACKEND)
 if _BACKEND not in BACKENDS:
-    warnings.warn(f"MPQBENCH_LSQ_BACKEND={_BACKEND!r} is not one of {BACKENDS}; using 'eager'")
-    _BACKEND = "eager"
+    warnings.warn(f"MPQBENCH_LSQ_BACKEND={_BACKEND!r} is not one of {BACKENDS}; using {DEFAULT_BACKEND!r}")
+    _BACKEND = DEFAULT_BACKEND
 
 
 def set_backend(name: str) -> str:
-    """Select the LSQ implementation ("reference", "eager", "compiled"); returns the previous one."""
+    """Select the LSQ implementation ("reference", "eager", "native", "compiled"); returns the previous one."""
     global _BACKEND
     if name not in BACKENDS:
         raise ValueError(f"unknown LSQ backend {name!r}; choose one of {BACKENDS}")
@@ -154,6 +163,37 @@ def _fused_backward(v: Tensor, grad: Tensor, steps: Tensor, probs: Tensor | None
     return dv, torch.stack(ds), None if probs is None else torch.stack(gq)
 
 
+def _plain_dispatch() -> bool:
+    """No dispatch mode active, or only FLOP counters (which pass real tensors through): raw-pointer
+    kernels are safe. Fake-tensor, tracing and other modes get the torch-op kernels."""
+    if torch._C._len_torch_dispatch_stack() == 0:
+        return True
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return all(getattr(m, "lsq_native_ok", False) or type(m).__name__ == "_FlopCounterMode"
+               for m in _get_current_dispatch_mode_stack())
+
+
+def _native_low(v: Tensor) -> bool:
+    """Whether a bfloat16 ``v`` goes to the native kernels as it is (they read it exactly as float32 and round
+    the result back once: the same numbers as casting up, computing and casting down, half the traffic)."""
+    return (v.dtype == torch.bfloat16 and _BACKEND == "native" and v.device.type == "cpu" and _plain_dispatch()
+            and native.load() is not None)
+
+
+def _use_native(v: Tensor, steps: Tensor) -> bool:
+    """Whether this call runs the C kernels; the first failure to build them warns once and selects eager."""
+    global _BACKEND
+    if _BACKEND != "native" or not native.supports(v, steps) or not _plain_dispatch():
+        return False
+    if native.load() is None:
+        warnings.warn(f"the native LSQ kernels are not available ({native.load_error()}); using the eager "
+                      "LSQ backend (slower steps)")
+        _BACKEND = "eager"
+        return False
+    return True
+
+
 _compiled: dict[str, object] = {}
 
 
@@ -198,7 +238,12 @@ class _LsqMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, steps: Tensor, probs: Tensor | None, bounds, grad_scales) -> Tensor:
         out = None
-        if _use_compiled(steps):
+        ctx.native = _use_native(v, steps)
+        if ctx.native:
+            out = native.forward(v, steps, probs, bounds)
+        elif v.dtype in (torch.float16, torch.bfloat16):  # the torch-op kernels compute in float32
+            out = _eager_forward(v.float(), steps, probs, bounds).to(v.dtype)
+        elif _use_compiled(steps):
             out = _compiled_call("forward", v, steps, probs, bounds)
         if out is None:
             out = _eager_forward(v, steps, probs, bounds)
@@ -212,10 +257,17 @@ class _LsqMix(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
             return _reference_backward(ctx, grad, v, steps, probs)
         res = None
-        if _use_compiled(steps):
+        if ctx.native or (_use_native(v, steps)):
+            res = native.backward(v, grad, steps, probs, ctx.bounds, need_input_grad=ctx.needs_input_grad[0])
+        elif v.dtype in (torch.float16, torch.bfloat16):
+            dv, ds, gq = _eager_backward(v.float(), grad.float(), steps, probs, ctx.bounds)
+            res = dv.to(v.dtype), ds, gq
+        elif _use_compiled(steps):
             res = _compiled_call("backward", v, grad, steps, probs, ctx.bounds)
         dv, ds, gq = res if res is not None else _eager_backward(v, grad, steps, probs, ctx.bounds)
-        dsteps = torch.stack([d * g for d, g in zip(ds, ctx.grad_scales)])  # LSQ gradient scale (host floats)
+        k = len(ctx.grad_scales)  # the LSQ gradient scale g_k of each candidate (host floats)
+        dsteps = ds * (ctx.grad_scales[0] if k == 1 else
+                       torch.tensor(ctx.grad_scales, dtype=ds.dtype).view((k,) + (1,) * (ds.dim() - 1)))
         if probs is None:
             return dv, dsteps, None, None, None
         p = probs.view((-1,) + (1,) * (steps.dim() - 1))
@@ -226,7 +278,9 @@ def _reference_backward(ctx, grad: Tensor, v: Tensor, steps: Tensor, probs: Tens
     inputs = (v, steps, probs)
     wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i]]
     with torch.enable_grad():
-        y = _mix_reference(v, steps, probs, ctx.bounds, ctx.grad_scales)
+        low = v.dtype in (torch.float16, torch.bfloat16)  # computed in float32, as the forward
+        y = _mix_reference(v.float() if low else v, steps, probs, ctx.bounds, ctx.grad_scales)
+        grad = grad.float() if low else grad
         grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True, allow_unused=True)
     out: list[Tensor | None] = [None] * 5
     for i, gi in zip(wanted, grads):
@@ -247,7 +301,10 @@ class LsqQuantizer(nn.Module):
     `signed=None` decides signedness from the first batch (min < 0 → signed). The step is initialised
     from the first batch seen (2·mean|v|/√Q_P); both decisions are buffers (`signed`, `initialized`), so they
     survive state_dict round trips. Under torch.distributed the initial values are averaged over ranks.
-    Inputs in float16/bfloat16 are quantized in float32.
+    Inputs in float16/bfloat16 are quantized in float32: cast up (the result is float32), or, for a bfloat16
+    input on the native backend with a per-tensor step, read as float32 by the kernel, the result rounded
+    back to bfloat16 once (what a following autocast convolution would do to a float32 result anyway).
+    The first batch (step initialisation) is always read in float32.
     """
 
     def __init__(self, bits: int, *, signed: bool | None = None, per_channel: bool = False, channel_dim: int = 0,
@@ -321,13 +378,20 @@ class LsqQuantizer(nn.Module):
         return step, qn, qp, 1.0 / math.sqrt(v.numel() / self.step.numel() * qp)
 
     def forward(self, v: Tensor) -> Tensor:
-        v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+        if v.dtype in (torch.float16, torch.bfloat16) and not (
+                self._ready and not self.per_channel and _native_low(v)):
+            v = v.float()
         return lsq_fake_quant(v, *self.prepare(v))
 
 
 def lsq_mix(v: Tensor, quantizers: Sequence[LsqQuantizer], probs: Tensor) -> Tensor:
-    """Σ_k probs[k] · quantizers[k](v) in one autograd node (or from the reference ops). probs: [K]."""
-    v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+    """Σ_k probs[k] · quantizers[k](v) in one autograd node (or from the reference ops). probs: [K].
+
+    Low-precision inputs as in :meth:`LsqQuantizer.forward` (bfloat16 kept for the native kernels once every
+    quantizer is initialised and all steps are per tensor)."""
+    if v.dtype in (torch.float16, torch.bfloat16) and not (
+            all(q._ready and not q.per_channel for q in quantizers) and _native_low(v)):
+        v = v.float()
     prepared = [q.prepare(v) for q in quantizers]
     steps = torch.stack([p[0] for p in prepared])
     bounds = tuple((qn, qp) for _, qn, qp, _ in prepared)

@@ -55,6 +55,14 @@ class _Mixed:
     def mixed_weight(self) -> Tensor:
         return lsq_mix(self.weight, self.weight_quants, self.alpha_w.softmax(0))
 
+    def quantized_weight(self) -> Tensor:
+        """The mixed weight the forward uses (computed now)."""
+        return self.mixed_weight()
+
+    def _weight(self) -> Tensor:
+        frozen = getattr(self, "_frozen_weight", None)
+        return self.quantized_weight() if frozen is None else frozen
+
     def expected_bits(self) -> tuple[Tensor, Tensor]:
         """(E[b_w], E[b_a]) = Σ softmax(α)·bits, 0-dim tensors differentiable w.r.t. the α's."""
         bw = torch.tensor(self.w_candidates, dtype=self.alpha_w.dtype, device=self.alpha_w.device)
@@ -73,11 +81,11 @@ class MixedConv2d(_Mixed, nn.Conv2d):
     """Supernet nn.Conv2d: conv(Σ softmax(α_a)·Q_a(x), Σ softmax(α_w)·Q_w(W))."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.mixed_input(x), self.mixed_weight(), self.bias)
+        return self._conv_forward(self.mixed_input(x), self._weight(), self.bias)
 
 
 class MixedLinear(_Mixed, nn.Linear):
     """Supernet nn.Linear: linear(Σ softmax(α_a)·Q_a(x), Σ softmax(α_w)·Q_w(W))."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.mixed_input(x), self.mixed_weight(), self.bias)
+        return F.linear(self.mixed_input(x), self._weight(), self.bias)
