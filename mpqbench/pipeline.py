@@ -63,12 +63,12 @@ def pretrain(*, arch: str, dataset: str, data_root: str | None, input_size: int 
     # --epochs 0 takes the start weights as they are (e.g. torchvision's ImageNet weights in the paper suite)
     stats = (train(model, train_ds, cfg, ckpt_path=_resume_path(out), progress=progress) if cfg.epochs
              else {"wall_s": 0.0, "macs_processed": 0})
-    metrics = evaluate(model, test_ds, batch_size=cfg.batch_size, device=cfg.device)
+    metrics = evaluate(model, test_ds, batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
     meta = {"arch": arch, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
             "input_size": size, "width": width, "subset": subset, "epochs": cfg.epochs, "lr": cfg.lr,
             "batch_size": cfg.batch_size, "seed": cfg.seed, "top1": metrics["top1"], "top5": metrics["top5"],
             "loss": metrics["loss"], "wall_s": stats["wall_s"], "macs_processed": stats["macs_processed"],
-            "init_weights": weights}
+            "init_weights": weights, "precision": cfg.precision}
     torch_save({"state_dict": model.state_dict(), "meta": meta}, out)
     write_json(out.with_name(out.name + ".json"), meta)
     _resume_path(out).unlink(missing_ok=True)
@@ -150,6 +150,8 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
         "proxy": policy.search.proxy, "proxy_subset": policy.search.proxy_subset, "target": dataset, "budget": policy.budget.name, "seed": policy.search.seed,
         "candidates": policy.candidates.model_dump(), "search_hparams": policy.search.hparams,
         "finetune": {k: ft[k] for k in ("epochs", "lr", "batch_size", "subset", "seed", "weight_decay")},
+        "precision": {"search": policy.search.precision or "fp32", "finetune": ft.get("precision", "fp32"),
+                      "evaluate": precision},
         "fp": {k: fp_meta[k] for k in ("arch", "dataset", "input_size", "width", "epochs", "subset", "seed")},
     }
     record = RunRecord(

@@ -1,8 +1,8 @@
 """The bit-width policy: a per-layer (w, a) assignment, its JSON form, validation and transfer.
 
 A policy names searchable layers by module path (``layer1.0.conv1``); the stem conv and the classifier
-are listed separately under ``fixed`` (W8A8 by default). The JSON form is schema_version 1 of
-``docs/architecture.md``.
+are listed separately under ``fixed`` (W8A8 by default). The JSON form (schema_version 1) is the
+:class:`Policy` model below.
 """
 
 from __future__ import annotations

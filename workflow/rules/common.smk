@@ -74,8 +74,9 @@ def cli_args(**options):
     return " ".join(parts)
 
 
-# Every compute job: the suite's device, no progress bars (logs are files).
+# Every compute job: the suite's device and precision, no progress bars (logs are files).
 COMMON_ARGS = cli_args(device=SUITE.device, no_progress=True)
+PRECISION_ARGS = cli_args(precision=SUITE.precision)
 # pretrain/finetune may run under a multi-GPU launcher such as torchrun
 TRAIN_CLI = SUITE.ddp_launcher or "mpqbench"
 
@@ -150,7 +151,6 @@ def search_args(wildcards):
         w_candidates=",".join(map(str, cand.w)),
         a_candidates=",".join(map(str, cand.a)),
         budget_floor=SUITE.budget_floor,
-        precision=SUITE.precision,
         length=None if m.length is None else f"{m.length:g}",
         curve=m.curve,
     )

@@ -15,6 +15,7 @@ rule evaluate:
     params:
         args=EVALUATE_ARGS,
         common=COMMON_ARGS,
+        precision=PRECISION_ARGS,
     threads: res("evaluate").threads
     resources:
         mem_mb=res("evaluate").mem_mb,
@@ -22,4 +23,4 @@ rule evaluate:
         gpu=res("evaluate").gpu,
     shell:
         "mpqbench evaluate --ckpt {input.ckpt} --policy {input.policy} --fp {input.fp}"
-        " {params.args} {params.common} --out {output} > {log} 2>&1"
+        " {params.args} {params.common} {params.precision} --out {output} > {log} 2>&1"

@@ -16,11 +16,12 @@ rule finetune:
         cli=TRAIN_CLI,
         args=finetune_args,
         common=COMMON_ARGS,
+        precision=PRECISION_ARGS,
     threads: res("finetune").threads
     resources:
         mem_mb=res("finetune").mem_mb,
         runtime=res("finetune").runtime,
         gpu=res("finetune").gpu,
     shell:
-        "{params.cli} finetune --policy {input.policy} --fp {input.fp} {params.args} {params.common}"
+        "{params.cli} finetune --policy {input.policy} --fp {input.fp} {params.args} {params.common} {params.precision}"
         " --out {output} > {log} 2>&1"

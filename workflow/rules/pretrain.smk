@@ -19,13 +19,14 @@ rule pretrain_target:
         cli=TRAIN_CLI,
         args=pretrain_target_args,
         common=COMMON_ARGS,
+        precision=PRECISION_ARGS,
     threads: res("pretrain_target").threads
     resources:
         mem_mb=res("pretrain_target").mem_mb,
         runtime=res("pretrain_target").runtime,
         gpu=res("pretrain_target").gpu,
     shell:
-        "{params.cli} pretrain {params.args} {params.common} --out {output.ckpt} > {log} 2>&1"
+        "{params.cli} pretrain {params.args} {params.common} {params.precision} --out {output.ckpt} > {log} 2>&1"
 
 
 rule pretrain_proxy:
@@ -44,10 +45,11 @@ rule pretrain_proxy:
         cli=TRAIN_CLI,
         args=pretrain_proxy_args,
         common=COMMON_ARGS,
+        precision=PRECISION_ARGS,
     threads: res("pretrain_proxy").threads
     resources:
         mem_mb=res("pretrain_proxy").mem_mb,
         runtime=res("pretrain_proxy").runtime,
         gpu=res("pretrain_proxy").gpu,
     shell:
-        "{params.cli} pretrain {params.args} {params.common} --out {output.ckpt} > {log} 2>&1"
+        "{params.cli} pretrain {params.args} {params.common} {params.precision} --out {output.ckpt} > {log} 2>&1"

@@ -16,10 +16,11 @@ rule search:
         args=search_args,
         teacher=lambda wildcards: cli_args(teacher=teacher_input(wildcards) or None),
         common=COMMON_ARGS,
+        precision=PRECISION_ARGS,
     threads: res("search").threads
     resources:
         mem_mb=res("search").mem_mb,
         runtime=res("search").runtime,
         gpu=res("search").gpu,
     shell:
-        "mpqbench search {params.args} {params.teacher} {params.common} --out {output} > {log} 2>&1"
+        "mpqbench search {params.args} {params.teacher} {params.common} {params.precision} --out {output} > {log} 2>&1"
