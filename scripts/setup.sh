@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
   missing=()
   dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || missing+=(dataset-fashion-mnist)
+  # a C compiler builds the fused LSQ kernels once per machine (without one the slower eager path is used)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
   if [ "${MPQBENCH_SKIP_BROWSER:-0}" != "1" ]; then
     dpkg -s chromium >/dev/null 2>&1 || missing+=(chromium)
   fi
