@@ -152,8 +152,12 @@ def test_default_suite_is_the_default_configfile(tmp_path):
     out = proc.stdout
     # the CLI contract: label -> base method + hparams, proxy label -> dataset + subset, teacher where needed
     assert re.search(r"mpqbench search --method asga --label asga-sam .*--hp adaptive_rho=false --hp align=false", out)
-    assert re.search(r"--method asga --label asga --arch resnet20 --proxy fashion-mnist "
-                     r"--proxy-label fashion-mnist-subset --proxy-subset 1437", out)
+    assert re.search(r"--method edmips-target --label edmips-target-len0.25 --arch resnet20 --proxy fashion-mnist "
+                     r"--proxy-label fashion-mnist --proxy-subset 6000 .*--epochs 0.5 .*--budget-floor 0.9 "
+                     r"--length 0.25 --curve edmips-target", out)
+    # hawq-target reads the target FP start model as its "teacher"; the search gets the suite's precision
+    assert re.search(r"--method hawq-target [^\n]*--teacher work/default/fp/resnet20-fashion-mnist\.pt "
+                     r"[^\n]*--precision fp32", out)
     assert re.search(r"--method gmpq --label gmpq .* --teacher work/default/teacher/resnet20-digits\.pt", out)
     assert not re.search(r"--method edmips --label edmips [^\n]*--teacher", out)
     assert "--out results/runs/default/resnet20/w2.5a2.5/edmips-target/fashion-mnist-to-fashion-mnist-s0.json" in out
