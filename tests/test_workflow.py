@@ -59,6 +59,7 @@ elif cmd == "aggregate":
     rows = "".join(f"{{r}},{{i}},{{90 + i / 100}},{{1e9 * (i + 1)}}\n" for i, r in enumerate(records))
     (out / "leaderboard.csv").write_text("record,bitops_g_all,top1_pct,search_macs_processed\n" + rows)
     (out / "summary.json").write_text(json.dumps({{"records": len(records)}}))
+    (out / "jobs.tsv").write_text("rule\twildcards\n")
 elif cmd == "figures":
     out = Path(opt("--out-dir"))
     out.mkdir(parents=True, exist_ok=True)
@@ -278,12 +279,12 @@ def test_dvc_repro_metrics_and_experiment_in_a_fresh_repo(tmp_path):
     assert calls(tmp_path) == []
 
     # an experiment with one more seed runs only the new seed's jobs and the aggregate
-    run_dvc(repo, "exp", "run", "-S", "config/config.yaml:seeds=[0,1]", env=env)
+    run_dvc(repo, "exp", "run", "-S", "config/config.yaml:seeds=[0,1,2,3]", env=env)
     exp_calls = calls(tmp_path)
     assert {c[0] for c in exp_calls} == {"search", "finetune", "evaluate", "aggregate", "figures"}
-    assert all(c[c.index("--seed") + 1] == "1" for c in exp_calls if c[0] in {"search", "finetune"})
+    assert all(c[c.index("--seed") + 1] == "3" for c in exp_calls if c[0] in {"search", "finetune"})
     rows = list(csv.DictReader((repo / "results" / "leaderboard.csv").open()))
-    assert len(rows) == 2 * len(cfg.runs())
+    assert len(cfg.seeds) == 3 and len(rows) == len(cfg.runs()) // 3 * 4
     assert "seeds" in run_dvc(repo, "exp", "show", "--csv", env=env).stdout
 
 
