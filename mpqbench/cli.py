@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.errors import UserError
 
 EXIT_USAGE = 2
@@ -288,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="search batch size, for methods that have one")
     p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
-    p.add_argument("--budget-floor", type=float, default=0.9,
-                   help="budget window [floor, 1] x budget that methods aim at (default 0.9)")
+    p.add_argument("--budget-floor", type=float, default=DEFAULT_BUDGET_FLOOR,
+                   help=f"budget window [floor, 1] x budget that methods aim at (default {DEFAULT_BUDGET_FLOOR})")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="forward passes of the search in fp32 or under bf16 autocast (quantizers stay fp32)")
     p.add_argument("--length", type=float, default=None,

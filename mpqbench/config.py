@@ -28,6 +28,8 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 _BUDGET_PATTERN = r"^w[0-9]+(\.[0-9]+)?a[0-9]+(\.[0-9]+)?$"
 LABEL_MAX = 64
+# lower edge of the budget window [floor, 1] x budget: the one default of every place that needs it
+DEFAULT_BUDGET_FLOOR = 0.9
 Label = Annotated[str, StringConstraints(pattern=_LABEL_PATTERN, max_length=LABEL_MAX)]
 
 
@@ -193,7 +195,7 @@ class SuiteConfig(_Strict):
     )
     budgets: list[BudgetName] = Field(min_length=1)
     budget_floor: float = Field(
-        0.9, ge=0, le=1,
+        DEFAULT_BUDGET_FLOOR, ge=0, le=1,
         description="budget window [budget_floor, 1] x budget: methods that choose how much to spend aim inside it, "
         "and the leaderboard ranks only entries inside it (budget-matched)",
     )

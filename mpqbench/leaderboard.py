@@ -44,7 +44,7 @@ ABLATIONS: tuple[str, ...] = ("asga-sam", "asga-sam-align", "asga-argmax")
 GROUP: list[str] = ["suite", "arch", "target", "budget"]
 ENTRY: list[str] = GROUP + ["method", "proxy"]
 RUN_KEY: list[str] = ENTRY + ["seed"]
-DEFAULT_BUDGET_FLOOR = 0.9  # lower edge of the budget window when a record does not carry search.budget_floor
+from mpqbench.config import DEFAULT_BUDGET_FLOOR  # the window's lower edge when a record does not carry one
 BUDGET_SLACK = 1e-9  # tolerance on both edges of the budget window
 REFERENCE = "edmips-target"  # the reference whose accuracy-vs-search-cost curve sets the equal-accuracy gain
 

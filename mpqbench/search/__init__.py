@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset
 
+from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import SearchCostMeter
 from mpqbench.registry import Registry
 
@@ -56,7 +57,7 @@ class SearchContext:
     work_dir: Path | None = None  # where a method may checkpoint to resume a long search
     teacher_meta: dict[str, Any] | None = None  # set by load_teacher: the teacher checkpoint's meta (its cost)
     # the budget window is [budget_floor, 1] × budget: methods that can choose how much to spend aim inside it
-    budget_floor: float = 0.9
+    budget_floor: float = DEFAULT_BUDGET_FLOOR
     precision: str = "fp32"  # "bf16": the network's forward under CPU/CUDA bf16 autocast (quantizers in fp32)
 
     def bitops_g(self, layers: dict[str, tuple[int, int]]) -> float:

@@ -30,13 +30,14 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import bitops_g
 from mpqbench.errors import UserError
 from mpqbench.ilp import solve_bit_allocation
 
 Extraction = Literal["ilp", "argmax", "uniform-p"]
 EXTRACTIONS: tuple[str, ...] = ("ilp", "argmax", "uniform-p")
-DEFAULT_FLOOR = 0.9
+DEFAULT_FLOOR = DEFAULT_BUDGET_FLOOR
 
 # name -> {"w": {bits: log_prob}, "a": {bits: log_prob}} (natural log)
 LogProbs = Mapping[str, Mapping[str, Mapping[int, float]]]

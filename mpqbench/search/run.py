@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import ArchCost, SearchCostMeter, budget_bitops_g, summarize
 from mpqbench.data import dataset_info, load_split, subset
 from mpqbench.errors import UserError
@@ -47,7 +48,7 @@ class SearchRequest:
     device: str = "auto"
     progress: bool = True
     work_dir: Path | None = None
-    budget_floor: float = 0.9
+    budget_floor: float = DEFAULT_BUDGET_FLOOR
     precision: str = "fp32"
     length: float | None = None
     curve: str | None = None
