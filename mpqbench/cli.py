@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.errors import UserError
+from mpqbench.runs import (DEFAULT_BUDGET_FLOOR, Layout, PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest,
+                           SearchRequest, default_of)
 
 EXIT_USAGE = 2
+_DEFAULTS = Layout(suite="default", target="")  # the default suite's folders (aggregate, figures)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
@@ -57,15 +59,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="root folder of datasets that are not system packages")
 
 
-def _train_args(p: argparse.ArgumentParser, *, epochs: float, lr: float, batch: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--batch-size", type=int, default=batch)
+def _train_args(p: argparse.ArgumentParser, request: type) -> None:
+    p.add_argument("--epochs", type=int, default=default_of(request, "epochs"))
+    p.add_argument("--lr", type=float, default=default_of(request, "lr"))
+    p.add_argument("--batch-size", type=int, default=default_of(request, "batch_size"))
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--subset", type=int, default=None, help="train on a seeded, stratified subset of N images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default=default_of(request, "precision"),
                    help="bf16: the network's forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
 
 
@@ -157,25 +159,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mpqbench.search import get_method
-    from mpqbench.search.run import SearchRequest, run_search
+    from mpqbench.search.run import run_search
 
-    hparams = dict(args.hp or [])
-    # --epochs/--batch-size are shorthands for the hyper-parameters of methods that have them, so one
-    # command line serves every method (a control has neither).
-    fields = get_method(args.method).Hparams.model_fields
-    for key in ("epochs", "batch_size"):
-        value = getattr(args, key)
-        if value is not None and key in fields:
-            hparams.setdefault(key, value)
     req = SearchRequest(
         method=args.method, label=args.label, arch=args.arch, proxy=args.proxy, target=args.target,
         budget=args.budget, seed=args.seed, proxy_label=args.proxy_label, proxy_subset=args.proxy_subset,
         proxy_input_size=args.proxy_input_size, target_input_size=args.target_input_size, width=args.width,
-        w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=hparams,
-        teacher=Path(args.teacher) if args.teacher else None, data_root=args.data_root, device=args.device,
-        progress=not args.no_progress, work_dir=Path(args.work_dir) if args.work_dir else None,
-        budget_floor=args.budget_floor, precision=args.precision, length=args.length, curve=args.curve,
+        w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=dict(args.hp or []),
+        epochs=args.epochs, batch_size=args.batch_size, teacher=args.teacher, data_root=args.data_root,
+        device=args.device, progress=not args.no_progress, work_dir=args.work_dir, budget_floor=args.budget_floor,
+        precision=args.precision, length=args.length, curve=args.curve, out=args.out,
     )
     policy = run_search(req, Path(args.out))
     a, s = policy.achieved, policy.search
@@ -264,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="default: the dataset's native size")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--weights", default=None, help="start from a local state-dict file or 'torchvision' (hub cache only)")
-    _train_args(p, epochs=3, lr=0.1, batch=128)
+    _train_args(p, PretrainRequest)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_pretrain)
 
@@ -282,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", required=True, help="uniform reference such as w3a3 or w2.5a2.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--w-candidates", type=_int_list, default=[2, 3, 4])
-    p.add_argument("--a-candidates", type=_int_list, default=[2, 3, 4])
+    p.add_argument("--w-candidates", type=_int_list, default=default_of(SearchRequest, "w_candidates"))
+    p.add_argument("--a-candidates", type=_int_list, default=default_of(SearchRequest, "a_candidates"))
     p.add_argument("--hp", type=_hparam, action="append", metavar="KEY=VALUE", help="method hyper-parameter")
     p.add_argument("--epochs", type=float, default=None, help="search epochs, for methods that train (same as --hp epochs=)")
     p.add_argument("--batch-size", type=int, default=None, help="search batch size, for methods that have one")
@@ -291,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
     p.add_argument("--budget-floor", type=float, default=DEFAULT_BUDGET_FLOOR,
                    help=f"budget window [floor, 1] x budget that methods aim at (default {DEFAULT_BUDGET_FLOOR})")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward passes of the search in fp32 or under bf16 autocast (quantizers stay fp32)")
     p.add_argument("--length", type=float, default=None,
                    help="recorded: this search's length as a multiple of the suite's default (curves)")
@@ -305,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True)
     p.add_argument("--fp", required=True, help="FP checkpoint of the arch trained on the target")
     p.add_argument("--dataset", required=True)
-    _train_args(p, epochs=1, lr=0.01, batch=128)
+    _train_args(p, FinetuneRequest)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_finetune)
 
@@ -316,15 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--suite", type=_label, default="adhoc")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--batch-size", type=int, default=default_of(EvaluateRequest, "batch_size"))
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("aggregate", help="derive leaderboard.csv, summary.json and figures from run records")
-    p.add_argument("--runs", default="results/runs")
-    p.add_argument("--out-dir", default="results")
+    p.add_argument("--runs", default=_DEFAULTS.runs_dir)
+    p.add_argument("--out-dir", default=_DEFAULTS.results_dir)
     p.add_argument("--no-figures", action="store_true", help="only the table and summary (the workflow's "
                    "figures rule draws the figures)")
     p.add_argument("--bench-dir", default=None, help="the workflow's benchmark folder (logs/benchmarks/<suite>): "
@@ -332,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("figures", help="draw results/figures/*.png from run records")
-    p.add_argument("--runs", default="results/runs")
-    p.add_argument("--out-dir", default="results/figures")
+    p.add_argument("--runs", default=_DEFAULTS.runs_dir)
+    p.add_argument("--out-dir", default=_DEFAULTS.pattern("figures"))
     p.set_defaults(func=cmd_figures)
     return parser
 

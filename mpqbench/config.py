@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from mpqbench.errors import UserError
+from mpqbench.runs import DEFAULT_BUDGET_FLOOR, DEFAULT_CANDIDATES, EVAL_BATCH_SIZE, LOG_DIR, RESULTS_DIR, WORK_DIR
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -28,8 +29,6 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 _BUDGET_PATTERN = r"^w[0-9]+(\.[0-9]+)?a[0-9]+(\.[0-9]+)?$"
 LABEL_MAX = 64
-# lower edge of the budget window [floor, 1] x budget: the one default of every place that needs it
-DEFAULT_BUDGET_FLOOR = 0.9
 Label = Annotated[str, StringConstraints(pattern=_LABEL_PATTERN, max_length=LABEL_MAX)]
 
 
@@ -59,8 +58,8 @@ class _Strict(BaseModel):
 class Candidates(_Strict):
     """Bit-width candidates of the searchable layers."""
 
-    w: list[Bits] = Field(default_factory=lambda: [2, 3, 4], min_length=1, description="weight bits")
-    a: list[Bits] = Field(default_factory=lambda: [2, 3, 4], min_length=1, description="activation bits")
+    w: list[Bits] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES), min_length=1, description="weight bits")
+    a: list[Bits] = Field(default_factory=lambda: list(DEFAULT_CANDIDATES), min_length=1, description="activation bits")
 
 
 class ArchConfig(_Strict):
@@ -136,7 +135,7 @@ class SearchConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(EVAL_BATCH_SIZE, ge=1)
 
 
 class RuleResources(_Strict):
@@ -179,9 +178,9 @@ class SuiteConfig(_Strict):
     anchors: dict[str, Any] = Field(default_factory=dict, description="YAML anchors (&name) reused elsewhere in the file; not read otherwise")
     device: str = Field("auto", description="--device of every job: auto, cpu, cuda, cuda:1, ...")
     data_root: str | None = Field(None, description="default dataset root; null = mpqbench's default")
-    results_dir: str = Field("results", description="committed records, leaderboard.csv, summary.json, figures/")
-    work_dir: str = Field("work", description="git-ignored intermediates (checkpoints, policies) go to <work_dir>/<suite>/")
-    log_dir: str = Field("logs", description="job logs; benchmark TSVs in <log_dir>/benchmarks/")
+    results_dir: str = Field(RESULTS_DIR, description="committed records, leaderboard.csv, summary.json, figures/")
+    work_dir: str = Field(WORK_DIR, description="git-ignored intermediates (checkpoints, policies) go to <work_dir>/<suite>/")
+    log_dir: str = Field(LOG_DIR, description="job logs; benchmark TSVs in <log_dir>/benchmarks/")
     ddp_launcher: str | None = Field(
         None,
         description="command that replaces `mpqbench` for pretrain and finetune jobs, e.g. "

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from mpqbench import runs
 from mpqbench.errors import UserError
 from mpqbench.models import fixed_layer_names, get_model, searchable_layer_names
 from mpqbench.utils import device_name
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 Bits = tuple[float, float]
 """(weight bits, activation bits) of one layer."""
 
-FIXED_BITS: Bits = (8, 8)
+FIXED_BITS: Bits = runs.FIXED_BITS
 
 
 # --------------------------------------------------------------------------------------------- geometry

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mpqbench.errors import UserError
+from mpqbench.runs import DEFAULT_CANDIDATES, FIXED_BITS
 from mpqbench.utils import write_json
 
 if TYPE_CHECKING:  # torch is not needed to read, write or check a policy file
     from torch import nn
 
 SCHEMA_VERSION = 1
-DEFAULT_CANDIDATES = (2, 3, 4)
-FIXED_BITS = (8, 8)
 
 
 class LayerBits(BaseModel):

@@ -48,7 +48,7 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 @pytest.fixture
 def no_debian_fmnist(monkeypatch, tmp_path):
     """Hide the system-wide Fashion-MNIST so only the test's root is searched."""
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
+    monkeypatch.setattr(data.sources_memory, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-package")
 
 
 def _tensor_ds(labels, *, size=4, channels=1, flip=True, pad=0) -> TensorImageDataset:
@@ -368,7 +368,7 @@ def test_failed_download_is_user_error(tmp_path, monkeypatch):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "none")
+    monkeypatch.setattr(data.sources_memory, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "none")
     with pytest.raises(UserError, match="downloading Fashion-MNIST .* failed .*Network is unreachable"):
         load_split("fashion-mnist", "train", root=tmp_path, input_size=28, download=True)
 

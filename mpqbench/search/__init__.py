@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset
 
-from mpqbench.config import DEFAULT_BUDGET_FLOOR
+from mpqbench.runs import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import SearchCostMeter
 from mpqbench.registry import Registry
 

@@ -30,14 +30,13 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from mpqbench.config import DEFAULT_BUDGET_FLOOR
+from mpqbench.runs import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import bitops_g
 from mpqbench.errors import UserError
 from mpqbench.ilp import solve_bit_allocation
 
 Extraction = Literal["ilp", "argmax", "uniform-p"]
 EXTRACTIONS: tuple[str, ...] = ("ilp", "argmax", "uniform-p")
-DEFAULT_FLOOR = DEFAULT_BUDGET_FLOOR
 
 # name -> {"w": {bits: log_prob}, "a": {bits: log_prob}} (natural log)
 LogProbs = Mapping[str, Mapping[str, Mapping[int, float]]]
@@ -77,7 +76,7 @@ def window_ilp(costs: Mapping[str, Mapping[tuple[int, int], float]], macs: Mappi
 
 
 def extract(log_probs: LogProbs, macs: Mapping[str, int], budget_bitops_g: float, *,
-            mode: Extraction = "ilp", floor: float = DEFAULT_FLOOR, seed: int = 0,
+            mode: Extraction = "ilp", floor: float = DEFAULT_BUDGET_FLOOR, seed: int = 0,
             order: Sequence[str] | None = None) -> tuple[dict[str, tuple[int, int]], bool]:
     """``(layers, repaired)`` for ``mode`` (see the module docstring). ``repaired`` is True only for
     ``argmax`` when the greedy repair had to lower bits. ``order`` fixes the layer order (default: as given)."""

@@ -8,50 +8,21 @@ misses the budget, and records achieved cost, search cost and provenance.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from mpqbench.config import DEFAULT_BUDGET_FLOOR
 from mpqbench.cost import ArchCost, SearchCostMeter, budget_bitops_g, summarize
 from mpqbench.data import dataset_info, load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.models import get_model, searchable_layer_names
 from mpqbench.policy import Achieved, Budget, Candidates, LayerBits, Policy, SearchInfo
 from mpqbench.records import provenance
+from mpqbench.runs import FIXED_BITS, SearchRequest
 from mpqbench.search import SearchContext, get_method
 from mpqbench.search.repair import check_feasible, repair_to_budget
 from mpqbench.utils import resolve_device, seed_everything
-
-
-@dataclass
-class SearchRequest:
-    method: str
-    arch: str
-    proxy: str  # dataset name
-    target: str  # dataset name
-    budget: str
-    seed: int
-    label: str | None = None
-    proxy_label: str | None = None  # e.g. "fashion-mnist-subset"; defaults to proxy (+"-subset" with a subset)
-    proxy_subset: int | None = None
-    proxy_input_size: int | None = None
-    target_input_size: int | None = None
-    width: float = 1.0
-    w_candidates: list[int] = field(default_factory=lambda: [2, 3, 4])
-    a_candidates: list[int] = field(default_factory=lambda: [2, 3, 4])
-    hparams: dict[str, Any] = field(default_factory=dict)
-    teacher: Path | None = None
-    data_root: str | None = None
-    device: str = "auto"
-    progress: bool = True
-    work_dir: Path | None = None
-    budget_floor: float = DEFAULT_BUDGET_FLOOR
-    precision: str = "fp32"
-    length: float | None = None
-    curve: str | None = None
 
 
 def parse_hparams(method_cls, overrides: dict[str, Any]):
@@ -85,7 +56,14 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         if value is not None:
             check_label(value, what)
     method_cls = get_method(req.method)
-    hp = parse_hparams(method_cls, req.hparams)
+    # --epochs/--batch-size are shorthands for the hyper-parameters of methods that have them, so one
+    # command line serves every method (a control has neither); an explicit --hp wins.
+    hparams = dict(req.hparams)
+    for key in ("epochs", "batch_size"):
+        value = getattr(req, key)
+        if value is not None and key in method_cls.Hparams.model_fields:
+            hparams.setdefault(key, value)
+    hp = parse_hparams(method_cls, hparams)
     if method_cls.needs_teacher and req.teacher is None:
         raise UserError(f"method {req.method} needs an FP teacher pretrained on the proxy; pass --teacher FP.pt "
                         f"(make one with `mpqbench pretrain --dataset {req.proxy} ...`)")
@@ -116,7 +94,8 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         in_channels=pinfo.in_channels, input_size=p_size, width=req.width, target_macs=tgt_macs,
         searchable=searchable, fixed=fixed, budget_name=req.budget, budget_bitops_g=bitops_budget,
         w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
-        device=device, meter=meter, teacher_ckpt=req.teacher, progress=req.progress, work_dir=req.work_dir,
+        device=device, meter=meter, teacher_ckpt=Path(req.teacher) if req.teacher else None, progress=req.progress,
+        work_dir=Path(req.work_dir) if req.work_dir else None,
         budget_floor=req.budget_floor, precision=req.precision,
     )
     from mpqbench.train import tune_malloc
@@ -143,7 +122,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
             raise RuntimeError(f"method {req.method} chose W{w}A{a} for {name}, outside the candidates")
     layers, repaired_now = repair_to_budget(outcome.layers, tgt_macs, bitops_budget, ctx.w_candidates, ctx.a_candidates)
     layers = {n: layers[n] for n in searchable}
-    fixed_bits = {n: (8, 8) for n in fixed}
+    fixed_bits = {n: FIXED_BITS for n in fixed}
     s = summarize(tgt_cost, layers, fixed_bits)
     cost = meter.to_dict()
     policy = Policy(

@@ -10,18 +10,16 @@ rule aggregate:
         summary=AGGREGATES["summary"],
         jobs=AGGREGATES["jobs"],
     log:
-        f"{LOGS}/aggregate.log",
+        f"{LAYOUT.logs}/aggregate.log",
     benchmark:
-        f"{BENCH}/aggregate.tsv"
+        f"{LAYOUT.bench}/aggregate.tsv"
     params:
         runs=lambda wildcards: RUNS_DIR,
-        bench=BENCH,
+        bench=LAYOUT.bench,
         out_dir=lambda wildcards, output: os.path.dirname(output.summary) or ".",
-    threads: res("aggregate").threads
+    threads: THREADS["aggregate"]
     resources:
-        mem_mb=res("aggregate").mem_mb,
-        runtime=res("aggregate").runtime,
-        gpu=res("aggregate").gpu,
+        **RESOURCES["aggregate"],
     shell:
         "mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} --no-figures"
         " --bench-dir {params.bench} > {log} 2>&1"

@@ -5,15 +5,13 @@ rule check_data:
     output:
         DATA_CHECK,
     log:
-        f"{LOGS}/check_data.log",
+        f"{LAYOUT.logs}/check_data.log",
     benchmark:
-        f"{BENCH}/check_data.tsv"
+        f"{LAYOUT.bench}/check_data.tsv"
     params:
         datasets=[list(pair) for pair in SUITE.datasets()],
-    threads: res("check_data").threads
+    threads: THREADS["check_data"]
     resources:
-        mem_mb=res("check_data").mem_mb,
-        runtime=res("check_data").runtime,
-        gpu=res("check_data").gpu,
+        **RESOURCES["check_data"],
     script:
         "../scripts/check_data.py"

@@ -9,18 +9,14 @@ rule evaluate:
     output:
         RECORD,
     log:
-        f"{LOGS}/evaluate/{CELL}.log",
+        f"{LAYOUT.logs}/evaluate/{CELL}.log",
     benchmark:
-        f"{BENCH}/evaluate/{CELL}.tsv"
+        f"{LAYOUT.bench}/evaluate/{CELL}.tsv"
     params:
-        args=EVALUATE_ARGS,
-        common=COMMON_ARGS,
-        precision=PRECISION_ARGS,
-    threads: res("evaluate").threads
+        args=evaluate_args,
+    threads: THREADS["evaluate"]
     resources:
-        mem_mb=res("evaluate").mem_mb,
-        runtime=res("evaluate").runtime,
-        gpu=res("evaluate").gpu,
+        **RESOURCES["evaluate"],
     shell:
         "mpqbench evaluate --ckpt {input.ckpt} --policy {input.policy} --fp {input.fp}"
-        " {params.args} {params.common} {params.precision} --out {output} > {log} 2>&1"
+        " {params.args} --out {output} > {log} 2>&1"

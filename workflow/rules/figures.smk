@@ -14,15 +14,13 @@ rule figures:
             category="Leaderboard",
         ),
     log:
-        f"{LOGS}/figures.log",
+        f"{LAYOUT.logs}/figures.log",
     benchmark:
-        f"{BENCH}/figures.tsv"
+        f"{LAYOUT.bench}/figures.tsv"
     params:
         runs=lambda wildcards: RUNS_DIR,
-    threads: res("figures").threads
+    threads: THREADS["figures"]
     resources:
-        mem_mb=res("figures").mem_mb,
-        runtime=res("figures").runtime,
-        gpu=res("figures").gpu,
+        **RESOURCES["figures"],
     shell:
         "mpqbench figures --runs {params.runs} --out-dir {output.figures} > {log} 2>&1"

@@ -9,19 +9,15 @@ rule finetune:
     output:
         QAT_CKPT,
     log:
-        f"{LOGS}/finetune/{CELL}.log",
+        f"{LAYOUT.logs}/finetune/{CELL}.log",
     benchmark:
-        f"{BENCH}/finetune/{CELL}.tsv"
+        f"{LAYOUT.bench}/finetune/{CELL}.tsv"
     params:
         cli=TRAIN_CLI,
         args=finetune_args,
-        common=COMMON_ARGS,
-        precision=PRECISION_ARGS,
-    threads: res("finetune").threads
+    threads: THREADS["finetune"]
     resources:
-        mem_mb=res("finetune").mem_mb,
-        runtime=res("finetune").runtime,
-        gpu=res("finetune").gpu,
+        **RESOURCES["finetune"],
     shell:
-        "{params.cli} finetune --policy {input.policy} --fp {input.fp} {params.args} {params.common} {params.precision}"
+        "{params.cli} finetune --policy {input.policy} --fp {input.fp} {params.args}"
         " --out {output} > {log} 2>&1"

@@ -12,21 +12,17 @@ rule pretrain_target:
         ckpt=FP_CKPT,
         meta=f"{FP_CKPT}.json",
     log:
-        f"{LOGS}/pretrain_target/{{arch}}.log",
+        f"{LAYOUT.logs}/pretrain_target/{{arch}}.log",
     benchmark:
-        f"{BENCH}/pretrain_target/{{arch}}.tsv"
+        f"{LAYOUT.bench}/pretrain_target/{{arch}}.tsv"
     params:
         cli=TRAIN_CLI,
         args=pretrain_target_args,
-        common=COMMON_ARGS,
-        precision=PRECISION_ARGS,
-    threads: res("pretrain_target").threads
+    threads: THREADS["pretrain_target"]
     resources:
-        mem_mb=res("pretrain_target").mem_mb,
-        runtime=res("pretrain_target").runtime,
-        gpu=res("pretrain_target").gpu,
+        **RESOURCES["pretrain_target"],
     shell:
-        "{params.cli} pretrain {params.args} {params.common} {params.precision} --out {output.ckpt} > {log} 2>&1"
+        "{params.cli} pretrain {params.args} --out {output.ckpt} > {log} 2>&1"
 
 
 rule pretrain_proxy:
@@ -38,18 +34,14 @@ rule pretrain_proxy:
         ckpt=TEACHER_CKPT,
         meta=f"{TEACHER_CKPT}.json",
     log:
-        f"{LOGS}/pretrain_proxy/{{arch}}-{{proxy}}.log",
+        f"{LAYOUT.logs}/pretrain_proxy/{{arch}}-{{proxy}}.log",
     benchmark:
-        f"{BENCH}/pretrain_proxy/{{arch}}-{{proxy}}.tsv"
+        f"{LAYOUT.bench}/pretrain_proxy/{{arch}}-{{proxy}}.tsv"
     params:
         cli=TRAIN_CLI,
         args=pretrain_proxy_args,
-        common=COMMON_ARGS,
-        precision=PRECISION_ARGS,
-    threads: res("pretrain_proxy").threads
+    threads: THREADS["pretrain_proxy"]
     resources:
-        mem_mb=res("pretrain_proxy").mem_mb,
-        runtime=res("pretrain_proxy").runtime,
-        gpu=res("pretrain_proxy").gpu,
+        **RESOURCES["pretrain_proxy"],
     shell:
-        "{params.cli} pretrain {params.args} {params.common} {params.precision} --out {output.ckpt} > {log} 2>&1"
+        "{params.cli} pretrain {params.args} --out {output.ckpt} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Stage 2: one policy search per grid cell (method label x arch x budget x proxy x seed).
-# The budget is resolved on the target geometry; the search cost goes into the policy JSON.
+# The budget is resolved on the target geometry; the search cost goes into the policy JSON. The search
+# checkpoints into its own state folder (runs.Layout "search_state"), so a killed search resumes.
 
 
 rule search:
@@ -9,18 +10,13 @@ rule search:
     output:
         POLICY,
     log:
-        f"{LOGS}/search/{CELL}.log",
+        f"{LAYOUT.logs}/search/{CELL}.log",
     benchmark:
-        f"{BENCH}/search/{CELL}.tsv"
+        f"{LAYOUT.bench}/search/{CELL}.tsv"
     params:
         args=search_args,
-        teacher=lambda wildcards: cli_args(teacher=teacher_input(wildcards) or None),
-        common=COMMON_ARGS,
-        precision=PRECISION_ARGS,
-    threads: res("search").threads
+    threads: THREADS["search"]
     resources:
-        mem_mb=res("search").mem_mb,
-        runtime=res("search").runtime,
-        gpu=res("search").gpu,
+        **RESOURCES["search"],
     shell:
-        "mpqbench search {params.args} {params.teacher} {params.common} {params.precision} --out {output} > {log} 2>&1"
+        "mpqbench search {params.args} --out {output} > {log} 2>&1"
