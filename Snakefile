@@ -23,6 +23,14 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
 
 
+onstart:
+    backup_aggregates()
+
+
+onerror:
+    restore_aggregates()
+
+
 localrules:
     all,
     check_data,

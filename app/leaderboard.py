@@ -23,7 +23,7 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from mpqbench import leaderboard as lb  # noqa: E402
+from mpqbench import board as lb  # noqa: E402
 from mpqbench.errors import UserError  # noqa: E402
 
 st.set_page_config(page_title="mpqbench leaderboard", page_icon="📊", layout="wide")
@@ -591,7 +591,8 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     if res.error:
         (st.info if res.error_kind == "empty" else st.error)(res.error)
     if res.problems:
-        with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped as malformed", expanded=bool(res.error)):
+        with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped (malformed or duplicate runs)",
+                         expanded=bool(res.error)):
             st.code("\n".join(res.problems), language=None, wrap_lines=True)
     if res.error or f is None:
         return

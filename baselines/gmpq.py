@@ -128,6 +128,8 @@ class Gmpq(_GmpqMixin, DifferentiableSearch):
 
 @register_method("gmpq-asga")
 class GmpqAsga(_GmpqMixin, DifferentiableSearch):
-    """GMPQ with ASGA's weight step."""
+    """GMPQ with ASGA's weight step: the proposed optimiser on this baseline's objective (it lives here, with
+    the GMPQ logic it extends)."""
 
     Hparams = GmpqAsgaHparams
+    role = "proposed"

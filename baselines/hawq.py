@@ -7,7 +7,8 @@ quantizer; and one bit-width per layer, weights and activations tied, minimising
 target-geometry BitOPs budget and above ``budget_floor`` × budget (:mod:`mpqbench.ilp`).
 ``hawq-target``: the same on the *target* FP model with target data, as the HAWQ papers do (the model
 that will be quantized, its own training distribution); the workflow passes the target FP checkpoint as
-``--teacher`` and the target (typically a subset) as the proxy. Logic in :mod:`mpqbench.hessian`.
+``--teacher`` and the target (typically a subset) as the proxy. The whole baseline is this file: the
+Hutchinson trace estimator, the sensitivity Ω and the policy (below), and the two registrations.
 
 Hyper-parameters (defaults): ``batch_size`` 128 (the workflow passes the suite's search batch size),
 ``num_batches`` 1; ``probe`` "layer" — one Hessian-vector product per layer with the Rademacher vector on
@@ -31,18 +32,244 @@ error at 20 % (docs/methods.md, "HAWQ").
 
 from __future__ import annotations
 
+import contextlib
 from itertools import islice
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
+from torch import Tensor, nn
 
 from mpqbench.data import make_loader
 from mpqbench.errors import UserError
-from mpqbench.hessian import hawq_policy, hutchinson_traces, layer_weights
+from mpqbench.ilp import solve_bit_allocation
+from mpqbench.quant.lsq import quant_error_sq
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method
 
+if TYPE_CHECKING:
+    from mpqbench.cost import SearchCostMeter
 
+
+# ---- sensitivity: Hutchinson traces of the per-layer Hessian blocks, Ω and the ILP policy --------------------
+QuantError = Callable[[Tensor, int], float]
+
+
+def layer_weights(model: nn.Module, layer_names: Sequence[str]) -> dict[str, nn.Parameter]:
+    """``{name: module.weight}`` for the named layers (the parameters whose Hessian blocks HAWQ uses)."""
+    modules = dict(model.named_modules())
+    missing = [n for n in layer_names if not isinstance(getattr(modules.get(n), "weight", None), nn.Parameter)]
+    if missing:
+        raise UserError(
+            f"layers {missing} are not weighted modules of this model; use searchable layer names of the same arch"
+        )
+    return {n: modules[n].weight for n in layer_names}
+
+
+def hutchinson_traces(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    params_by_layer: dict[str, nn.Parameter],
+    *,
+    tol: float = 0.2,
+    min_probes: int = 10,
+    max_probes: int = 100,
+    probe: str = "layer",
+    seed: int = 0,
+    stats: dict | None = None,
+    meter: SearchCostMeter | None = None,
+) -> dict[str, float]:
+    """Average Hessian trace Tr(H_l)/n_l of the loss w.r.t. each layer's parameter (Hutchinson).
+
+    The loss is the sample-weighted mean of ``loss_fn(model(x), y)`` (a batch mean) over ``batches``, with
+    the model in eval mode. Each probe round draws one Rademacher vector z over all listed parameters and
+    takes one unbiased sample of Tr(H_l) for every layer l still being probed (the *active* set A):
+
+    - ``probe="layer"`` (default): one Hessian-vector product per active layer, with z on that layer only
+      and the gradient w.r.t. that layer only; the sample is z_lᵀH_ll z_l, whose spread comes from H_ll's
+      own off-diagonal entries alone;
+    - ``probe="joint"`` (PyHessian's): one product for all active layers, (H_AA z_A), the sample of layer l
+      being z_lᵀ(H_AA z_A)_l; it carries the zero-mean cross-layer terms z_lᵀH_lk z_k (k ≠ l), which on
+      ResNet-20 made one sample 2.9–6.6× as spread as a per-layer one (docs/methods.md, "HAWQ").
+
+    Stopping rule (per layer, relative standard error): after at least ``min_probes`` samples, layer l
+    leaves the active set once the standard error of its running mean, s_l/√n_l (s_l the sample standard
+    deviation), is at most ``tol`` × |mean_l|. Probing ends when no layer is active or after
+    ``max_probes`` rounds. Products are computed only for the layers that still need them (the gradient is
+    taken w.r.t. the active parameters only), so stopped layers cost nothing more. ``tol=0`` turns the rule
+    off: every layer gets exactly ``max_probes`` samples (with ``probe="joint"``, the estimator as it was
+    before the rule). z is drawn for all listed parameters in every round whatever is active, so layer l's
+    probe vectors do not depend on when other layers stop. A layer the loss is linear in (or ignores) has
+    a zero Hessian block: it is never probed and reports trace 0 after 0 samples.
+
+    The gradient graph of all batches is built once and kept, so the batches must fit in memory together.
+    Probes are drawn on the CPU from ``seed``: the same z on any device.
+    ``stats``, if given, receives ``probes`` (Hessian-vector products computed), ``rounds`` (probe vectors
+    drawn, = the most samples any layer got), ``samples`` (images per product), ``seed``, and per layer
+    ``layer_probes`` (samples averaged) and ``layer_stderr`` (standard error of Tr(H_l)/n_l; None below 2
+    samples, 0 for an unprobed layer).
+    ``meter`` (a :class:`~mpqbench.cost.SearchCostMeter`) counts the graph build as one step of kind
+    ``"hessian-grad"`` and each product as one step over all batches' samples, of a kind named after what
+    it differentiates (``"hvp-layer:<index>"``, or ``"hvp:<hex mask of the active set>"`` for joint
+    probes), so each product is counted at its own MACs and the total is the work actually done.
+    """
+    if not batches:
+        raise ValueError("hutchinson_traces needs at least one (x, y) batch")
+    if max_probes < 1:
+        raise ValueError(f"max_probes must be >= 1, got {max_probes}")
+    if min_probes < 2:
+        raise ValueError(f"min_probes must be >= 2 (a standard error needs two samples), got {min_probes}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if probe not in ("joint", "layer"):
+        raise ValueError(f"probe must be 'joint' or 'layer', got {probe!r}")
+    names = list(params_by_layer)
+    params = [params_by_layer[n] for n in names]
+    device = params[0].device
+    samples = sum(int(x.shape[0]) for x, _ in batches)
+    was_training = model.training
+    requires_grad = [p.requires_grad for p in params]
+    generator = torch.Generator().manual_seed(seed)
+    count = np.zeros(len(params), dtype=np.int64)
+    sums = np.zeros(len(params))
+    sq_sums = np.zeros(len(params))  # Σ (x − mean)² by Welford's update (numerically stable)
+    means = np.zeros(len(params))
+    probes = rounds = 0
+
+    def step(kind: str):
+        return meter.step(samples, kind=kind) if meter is not None else contextlib.nullcontext()
+
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            with step("hessian-grad"):
+                loss = sum(
+                    loss_fn(model(x.to(device)), y.to(device)) * (x.shape[0] / samples) for x, y in batches
+                )
+                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            # A parameter the loss is linear in (or ignores) has a zero Hessian row: never probed.
+            active = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            while active and rounds < max_probes:
+                zs = [
+                    torch.randint(0, 2, p.shape, generator=generator).to(device=device, dtype=p.dtype) * 2 - 1
+                    for p in params
+                ]
+                if probe == "layer":  # one product per active layer, z on that layer only: z_lᵀ H_ll z_l
+                    values = []
+                    for i in active:
+                        with step(f"hvp-layer:{i}"):
+                            (h,) = torch.autograd.grad(grads[i], params[i], grad_outputs=zs[i], retain_graph=True,
+                                                       allow_unused=True)
+                            values.append((h * zs[i]).sum() if h is not None else zs[i].new_zeros(()))
+                        probes += 1
+                    vhv = torch.stack(values).double().cpu().numpy()
+                else:  # one product for all active layers: z_lᵀ (H_AA z_A)_l
+                    mask = sum(1 << i for i in active)
+                    with step(f"hvp:{mask:x}"):
+                        hz = torch.autograd.grad(
+                            [grads[i] for i in active], [params[i] for i in active],
+                            grad_outputs=[zs[i] for i in active], retain_graph=True, allow_unused=True,
+                        )
+                        terms = [(h * zs[i]).sum() if h is not None else zs[i].new_zeros(())
+                                 for h, i in zip(hz, active)]
+                        vhv = torch.stack(terms).double().cpu().numpy()
+                    probes += 1
+                rounds += 1
+                idx = np.asarray(active)
+                count[idx] += 1
+                delta = vhv - means[idx]
+                means[idx] += delta / count[idx]
+                sq_sums[idx] += delta * (vhv - means[idx])
+                sums[idx] += vhv
+                if tol > 0:
+                    n = count[idx]
+                    stderr = np.sqrt(sq_sums[idx] / np.maximum(n - 1, 1) / n)
+                    done = (n >= min_probes) & (stderr <= tol * np.abs(means[idx]))
+                    active = [i for i, d in zip(active, done) if not d]
+    finally:
+        for p, flag in zip(params, requires_grad):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    means = np.where(count > 0, sums / np.maximum(count, 1), 0.0)  # the plain running mean, as reported
+    if stats is not None:
+        layer_se: dict[str, float | None] = {}
+        for i, name in enumerate(names):
+            k = int(count[i])
+            if k < 2:
+                layer_se[name] = 0.0 if k == 0 else None
+            else:
+                layer_se[name] = float(np.sqrt(sq_sums[i] / (k - 1) / k)) / params[i].numel()
+        stats.update(probes=probes, rounds=rounds, samples=samples, seed=seed,
+                     layer_probes={name: int(count[i]) for i, name in enumerate(names)}, layer_stderr=layer_se)
+    return {n: float(means[i]) / params[i].numel() for i, n in enumerate(names)}
+
+
+def sensitivity_table(
+    model_fp: nn.Module,
+    layer_names: Sequence[str],
+    candidates: Sequence[int],
+    traces: dict[str, float],
+    *,
+    quant_error: QuantError | None = None,
+) -> np.ndarray:
+    """Ω [L, K] = max(Tr(H_l)/n_l, 0) · ‖Q_b(W_l) − W_l‖² for each layer and candidate bit-width.
+
+    A negative trace estimate (indefinite curvature) counts as zero sensitivity: the second-order model
+    then predicts no loss increase from quantizing that layer.
+    """
+    quant_error = quant_error or quant_error_sq
+    weights = layer_weights(model_fp, layer_names)
+    missing = [n for n in layer_names if n not in traces]
+    if missing:
+        raise ValueError(f"no Hessian trace for layers {missing}")
+    return np.array(
+        [[max(traces[n], 0.0) * quant_error(weights[n], int(b)) for b in candidates] for n in layer_names],
+        dtype=np.float64,
+    )
+
+
+def hawq_policy(
+    model_fp: nn.Module,
+    layer_names: Sequence[str],
+    macs: dict[str, int],
+    candidates: Sequence[int],
+    budget_bitops_g: float,
+    traces: dict[str, float],
+    *,
+    floor: float | None = None,
+    quant_error: QuantError | None = None,
+) -> dict[str, tuple[int, int]]:
+    """HAWQ-V3 bit allocation: ``{name: (b, b)}`` minimising Σ_l Ω_l(b_l), floor·B ≤ Σ_l MACs_l·b_l²/1e9 ≤ B.
+
+    ``macs`` must be of the deployed (target) geometry, the geometry the budget B is defined on; ``traces``
+    come from :func:`hutchinson_traces` (already divided by n_l). ``floor`` (a fraction of B, e.g. 0.9) makes
+    the policy spend at least that much of its budget; None or 0 = no lower bound (HAWQ-V3's ILP has only
+    the upper limit — without the floor, Ω's flat layers can leave budget unused). Raises UserError if even
+    the lowest candidate for every layer exceeds the budget, or if no tied assignment lands in the window.
+    """
+    missing = [n for n in layer_names if n not in macs]
+    if missing:
+        raise ValueError(f"no MAC count for layers {missing}")
+    if floor is not None and not 0 <= floor <= 1:
+        raise UserError(f"budget floor {floor} must be within [0, 1] (0.9 = spend at least 90 % of the budget)")
+    bits = np.asarray(candidates, dtype=np.float64)
+    costs = sensitivity_table(model_fp, layer_names, candidates, traces, quant_error=quant_error)
+    bitops_g = np.array([macs[n] for n in layer_names], dtype=np.float64)[:, None] * bits[None, :] ** 2 / 1e9
+    lower = floor * budget_bitops_g if floor else None
+    try:
+        choice = solve_bit_allocation(costs, bitops_g, budget_bitops_g, lower=lower)
+    except UserError as exc:
+        if lower is None:
+            raise
+        raise UserError(f"HAWQ (weight and activation bits tied) finds no policy that spends {floor:.0%}–100 % of "
+                        f"the budget: {exc}; lower the floor (--hp budget_floor=...)") from None
+    return {n: (int(candidates[k]), int(candidates[k])) for n, k in zip(layer_names, choice)}
+
+
+# ---- the methods ------------------------------------------------------------------------------------------
 class HawqHparams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(128, ge=1, description="images per Hessian batch")
@@ -64,6 +291,7 @@ class Hawq(Method):
     Hparams = HawqHparams
     needs_teacher = True
     iterative = False  # one-shot: no search trajectory, no settle point
+    smoke_hparams = {"batch_size": 64, "num_batches": 1, "max_probes": 4}
 
     def search(self, ctx: SearchContext, hp: HawqHparams) -> SearchOutcome:
         bits = sorted(set(ctx.w_candidates) & set(ctx.a_candidates))
@@ -94,3 +322,4 @@ class HawqTarget(Hawq):
     target FP checkpoint as ``--teacher``), as in the HAWQ papers."""
 
     searches_on_target = True
+    teacher_from = "target"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from mpqbench.errors import UserError
-from mpqbench.runs import (DEFAULT_BUDGET_FLOOR, Layout, PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest,
+from mpqbench.runs import (DEFAULT_BUDGET_FLOOR, ROLES, Layout, PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest,
                            SearchRequest, default_of)
 
 EXIT_USAGE = 2
@@ -30,6 +31,58 @@ def _int_list(text: str) -> list[int]:
     if not values or any(v < 1 or v > 16 for v in values):
         raise argparse.ArgumentTypeError(f"bit candidates must be integers in 1..16, got {text!r}")
     return values
+
+
+def _int_at_least(low: int, hint: str = ""):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}{hint}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_above(low: float, *, inclusive: bool = False, high: float | None = None, hint: str = ""):
+    """An argparse type: a finite number > ``low`` (>= with ``inclusive``; <= ``high`` when given)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low) and (high is None or value <= high)
+        if not ok:
+            where = f"{'>=' if inclusive else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a number {where}, got {text!r}{hint}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _seed(text: str) -> int:
+    from mpqbench.utils import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed must be an integer in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
+_positive = _int_at_least(1)
+_epochs = _int_at_least(1, " (a fine-tune trains at least one epoch)")
+_pretrain_epochs = _int_at_least(0, " (0 = keep the --weights as they are)")
+_above_zero = _float_above(0.0)
+_nonnegative = _float_above(0.0, inclusive=True)
+_fraction = _float_above(0.0, inclusive=True, high=1.0)
 
 
 def _label(text: str) -> str:
@@ -59,16 +112,31 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="root folder of datasets that are not system packages")
 
 
-def _train_args(p: argparse.ArgumentParser, request: type) -> None:
-    p.add_argument("--epochs", type=int, default=default_of(request, "epochs"))
-    p.add_argument("--lr", type=float, default=default_of(request, "lr"))
-    p.add_argument("--batch-size", type=int, default=default_of(request, "batch_size"))
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--subset", type=int, default=None, help="train on a seeded, stratified subset of N images")
-    p.add_argument("--seed", type=int, default=0)
+def _train_args(p: argparse.ArgumentParser, request: type, *, epochs=_epochs) -> None:
+    p.add_argument("--epochs", type=epochs, default=default_of(request, "epochs"))
+    p.add_argument("--lr", type=_above_zero, default=default_of(request, "lr"))
+    p.add_argument("--batch-size", type=_positive, default=default_of(request, "batch_size"))
+    p.add_argument("--weight-decay", type=_nonnegative, default=None)
+    p.add_argument("--subset", type=_positive, default=None, help="train on a seeded, stratified subset of N images")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--precision", choices=PRECISIONS, default=default_of(request, "precision"),
                    help="bf16: the network's forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
+
+
+def _check_first(args: argparse.Namespace, *outs: tuple[str | None, str],
+                 dirs: tuple[tuple[str | None, str], ...] = ()) -> None:
+    """What every command checks before any work: the device exists, the outputs can be written."""
+    from mpqbench.utils import check_writable, check_writable_dir, resolve_device
+
+    if getattr(args, "device", None) is not None:
+        resolve_device(args.device)
+    for path, what in outs:
+        if path is not None:
+            check_writable(path, what)
+    for path, what in dirs:
+        if path is not None:
+            check_writable_dir(path, what)
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -80,14 +148,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     import mpqbench
     from mpqbench.data import dataset_status
     from mpqbench.models import list_models
-    from mpqbench.search import list_methods
+    from mpqbench.plugins import discover
     from mpqbench.utils import device_name, resolve_device
 
     device = resolve_device(args.device)
     info = {
         "mpqbench": mpqbench.__version__, "python": platform.python_version(), "torch": torch.__version__,
         "device": device_name(device), "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(), "archs": list_models(), "methods": list_methods(),
+        "threads": torch.get_num_threads(), "archs": list_models(), "methods": discover(),
         "datasets": dataset_status(args.data_root),
     }
     if args.json:
@@ -108,6 +176,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     """The one command that downloads data, and only what it is asked for."""
     from mpqbench.data import dataset_info, load_split
 
+    _check_first(args)
     size = dataset_info(args.dataset, root=args.data_root).native_size
     for split in ("train", "test"):
         load_split(args.dataset, split, root=args.data_root, input_size=size, download=True)
@@ -151,6 +220,12 @@ def _train_config(args: argparse.Namespace, *, weight_decay: float):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import pretrain
 
+    _check_first(args, (args.out, "--out"), (args.out + ".json", "--out (its .json)"),
+                 (args.out + ".resume", "--out (its .resume)"))
+    if args.epochs == 0 and args.weights is None:
+        raise UserError("--epochs 0 keeps the start weights as they are, and without --weights they are random; "
+                        "pass --weights FILE|torchvision or --epochs 1 or more")
+
     meta = pretrain(arch=args.arch, dataset=args.dataset, data_root=args.data_root, input_size=args.input_size,
                     width=args.width, subset=args.subset, cfg=_train_config(args, weight_decay=5e-4),
                     out=Path(args.out), progress=not args.no_progress, weights=args.weights)
@@ -159,7 +234,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from mpqbench.plugins import discover
     from mpqbench.search.run import run_search
+
+    _check_first(args, (args.out, "--out"), dirs=((args.work_dir, "--work-dir"),))
+    discover()
+    if args.teacher is not None:
+        from mpqbench.search import get_method
+
+        if not Path(args.teacher).is_file():
+            raise UserError(f"--teacher {args.teacher} does not exist; pretrain it with `mpqbench pretrain --dataset "
+                            f"{args.proxy} ...` or leave --teacher out")
+
+        if get_method(args.method).needs_teacher:
+            from mpqbench.pipeline import fp_model, load_checkpoint
+
+            fp_model(load_checkpoint(Path(args.teacher), "FP teacher"), Path(args.teacher), "FP teacher")
 
     req = SearchRequest(
         method=args.method, label=args.label, arch=args.arch, proxy=args.proxy, target=args.target,
@@ -168,7 +258,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         w_candidates=args.w_candidates, a_candidates=args.a_candidates, hparams=dict(args.hp or []),
         epochs=args.epochs, batch_size=args.batch_size, teacher=args.teacher, data_root=args.data_root,
         device=args.device, progress=not args.no_progress, work_dir=args.work_dir, budget_floor=args.budget_floor,
-        precision=args.precision, length=args.length, curve=args.curve, out=args.out,
+        precision=args.precision, length=args.length, curve=args.curve, role=args.role, out=args.out,
     )
     policy = run_search(req, Path(args.out))
     a, s = policy.achieved, policy.search
@@ -181,6 +271,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import finetune
 
+    _check_first(args, (args.out, "--out"), (args.out + ".resume", "--out (its .resume)"))
+
     meta = finetune(policy_path=Path(args.policy), fp_path=Path(args.fp), dataset=args.dataset,
                     data_root=args.data_root, subset=args.subset, cfg=_train_config(args, weight_decay=1e-4),
                     out=Path(args.out), progress=not args.no_progress)
@@ -190,6 +282,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import evaluate_run
+
+    _check_first(args, (args.out, "--out"))
 
     record = evaluate_run(ckpt_path=Path(args.ckpt), policy_path=Path(args.policy), fp_path=Path(args.fp),
                           dataset=args.dataset, data_root=args.data_root, suite=args.suite, out=Path(args.out),
@@ -203,6 +297,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import make_figures
 
+    _check_first(args, dirs=((args.out_dir, "--out-dir"),))
+
     paths = make_figures(runs_dir=Path(args.runs), out_dir=Path(args.out_dir))
     print(f"{len(paths)} figures -> {args.out_dir}")
     return 0
@@ -210,6 +306,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from mpqbench.pipeline import aggregate
+
+    _check_first(args, dirs=((args.out_dir, "--out-dir"),))
 
     out = aggregate(runs_dir=Path(args.runs), out_dir=Path(args.out_dir), figures=not args.no_figures,
                     bench_dir=Path(args.bench_dir) if args.bench_dir else None)
@@ -242,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("complexity", help="MACs, BitOPs and size of an arch under a policy")
     p.add_argument("--arch", required=True)
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--input-size", type=_positive, default=224)
+    p.add_argument("--num-classes", type=_positive, default=1000)
+    p.add_argument("--in-channels", type=_positive, default=3)
+    p.add_argument("--width", type=_above_zero, default=1.0)
     p.add_argument("--policy", default="w8a8", help="uniform name such as w4a4, or a policy JSON file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_complexity)
@@ -254,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--arch", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's native size")
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--input-size", type=_positive, default=None, help="default: the dataset's native size")
+    p.add_argument("--width", type=_above_zero, default=1.0)
     p.add_argument("--weights", default=None, help="start from a local state-dict file or 'torchvision' (hub cache only)")
-    _train_args(p, PretrainRequest)
+    _train_args(p, PretrainRequest, epochs=_pretrain_epochs)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_pretrain)
 
@@ -268,26 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True)
     p.add_argument("--proxy", required=True, help="dataset searched on")
     p.add_argument("--proxy-label", type=_label, default=None, help="recorded proxy name (default: dataset, '-subset' if subset)")
-    p.add_argument("--proxy-subset", type=int, default=None)
-    p.add_argument("--proxy-input-size", type=int, default=None)
+    p.add_argument("--proxy-subset", type=_positive, default=None)
+    p.add_argument("--proxy-input-size", type=_positive, default=None)
     p.add_argument("--target", required=True, help="dataset deployed on (the budget is resolved on its geometry)")
-    p.add_argument("--target-input-size", type=int, default=None)
+    p.add_argument("--target-input-size", type=_positive, default=None)
     p.add_argument("--budget", required=True, help="uniform reference such as w3a3 or w2.5a2.5")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--width", type=_above_zero, default=1.0)
     p.add_argument("--w-candidates", type=_int_list, default=default_of(SearchRequest, "w_candidates"))
     p.add_argument("--a-candidates", type=_int_list, default=default_of(SearchRequest, "a_candidates"))
     p.add_argument("--hp", type=_hparam, action="append", metavar="KEY=VALUE", help="method hyper-parameter")
-    p.add_argument("--epochs", type=float, default=None, help="search epochs, for methods that train (same as --hp epochs=)")
-    p.add_argument("--batch-size", type=int, default=None, help="search batch size, for methods that have one")
+    p.add_argument("--epochs", type=_above_zero, default=None, help="search epochs, for methods that train (same as --hp epochs=)")
+    p.add_argument("--batch-size", type=_positive, default=None, help="search batch size, for methods that have one")
     p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
-    p.add_argument("--budget-floor", type=float, default=DEFAULT_BUDGET_FLOOR,
+    p.add_argument("--budget-floor", type=_fraction, default=DEFAULT_BUDGET_FLOOR,
                    help=f"budget window [floor, 1] x budget that methods aim at (default {DEFAULT_BUDGET_FLOOR})")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="forward passes of the search in fp32 or under bf16 autocast (quantizers stay fp32)")
-    p.add_argument("--length", type=float, default=None,
+    p.add_argument("--length", type=_above_zero, default=None,
                    help="recorded: this search's length as a multiple of the suite's default (curves)")
+    p.add_argument("--role", choices=ROLES, default=None,
+                   help="recorded: the entry's leaderboard role (default: the method's; 'ablation' for a variant of "
+                   "the proposed method)")
     p.add_argument("--curve", type=_label, default=None,
                    help="recorded: label of the default-length entry whose accuracy-vs-cost curve this run is on")
     p.add_argument("--out", required=True)
@@ -309,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--suite", type=_label, default="adhoc")
-    p.add_argument("--batch-size", type=int, default=default_of(EvaluateRequest, "batch_size"))
+    p.add_argument("--batch-size", type=_positive, default=default_of(EvaluateRequest, "batch_size"))
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: the forward under bfloat16 autocast on CPU or CUDA (quantizers in fp32)")
     p.add_argument("--out", required=True)

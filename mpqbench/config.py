@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from mpqbench.errors import UserError
-from mpqbench.runs import DEFAULT_BUDGET_FLOOR, DEFAULT_CANDIDATES, EVAL_BATCH_SIZE, LOG_DIR, RESULTS_DIR, WORK_DIR
+from mpqbench.runs import Role, DEFAULT_BUDGET_FLOOR, DEFAULT_CANDIDATES, EVAL_BATCH_SIZE, LOG_DIR, RESULTS_DIR, WORK_DIR
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -98,14 +98,21 @@ class MethodConfig(_Strict):
     proxies: list[Label] | None = Field(None, min_length=1, description="proxy labels; null = default_proxies")
     budgets: list[BudgetName] | None = Field(None, min_length=1, description="null = all budgets")
     archs: list[Label] | None = Field(None, min_length=1, description="null = all archs")
-    teacher: bool = Field(
-        False,
-        description="the base method needs an FP teacher (its needs_teacher; tests/test_config.py checks the two agree)",
+    teacher: bool | None = Field(
+        None,
+        description="set from the base method's needs_teacher when the suite is resolved against the registry "
+        "(mpqbench.plugins.resolve_suite); leave it out",
     )
-    teacher_from: Literal["proxy", "target"] = Field(
-        "proxy",
-        description="proxy: an FP model pretrained on the proxy (GMPQ, HAWQ on the proxy); target: the target FP "
-        "start model that every fine-tune uses (hawq-target)",
+    role: Role | None = Field(
+        None,
+        description="the entry's role on the leaderboard; null = the method's (its class attribute). Mark variants "
+        "of the proposed method that remove a component 'ablation'",
+    )
+    teacher_from: Literal["proxy", "target"] | None = Field(
+        None,
+        description="set from the base method's teacher_from when the suite is resolved: proxy = an FP model "
+        "pretrained on the proxy (GMPQ, HAWQ on the proxy); target = the target FP start model that every "
+        "fine-tune uses (hawq-target, methods that start from the target-trained model); leave it out",
     )
     epochs: float | None = Field(None, gt=0, description="override search.epochs for this entry")
     lengths: list[Annotated[float, Field(gt=0)]] | None = Field(
@@ -206,7 +213,7 @@ class SuiteConfig(_Strict):
     methods: dict[Label, MethodConfig] = Field(min_length=1, description="leaderboard label -> base method")
     candidates: Candidates = Field(default_factory=Candidates)
     pretrain: PretrainConfig = Field(description="FP start model on the target (shared by every fine-tune)")
-    teacher: StageConfig = Field(description="FP teacher on a proxy, for methods with teacher: true")
+    teacher: StageConfig = Field(description="FP teacher on a proxy, for methods that need one")
     search: SearchConfig
     finetune: StageConfig = Field(description="QAT fine-tune on the target; identical for every method")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

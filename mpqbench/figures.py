@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mpqbench import leaderboard as lb  # noqa: E402
+from mpqbench import board as lb  # noqa: E402
 from mpqbench.utils import atomic_path  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def entry_palette(entries: Sequence[str]) -> dict[str, tuple[float, float, float
 
 
 def write_figures(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """Write every figure for the flat frame ``df`` (from :func:`mpqbench.leaderboard.records_to_frame`)."""
+    """Write every figure for the flat frame ``df`` (from :func:`mpqbench.board.records_to_frame`)."""
     os.makedirs(out_dir, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     ranked = lb.rank_methods(df, include_unmatched=True)

@@ -8,14 +8,13 @@ are listed separately under ``fixed`` (W8A8 by default). The JSON form (schema_v
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mpqbench.errors import UserError
-from mpqbench.runs import DEFAULT_CANDIDATES, FIXED_BITS
+from mpqbench.runs import DEFAULT_CANDIDATES, FIXED_BITS, Role
 from mpqbench.utils import write_json
 
 if TYPE_CHECKING:  # torch is not needed to read, write or check a policy file
@@ -92,6 +91,9 @@ class SearchInfo(BaseModel):
     curve: str | None = None
     # numeric precision of the search's forward passes ("fp32" or "bf16")
     precision: str | None = None
+    # the entry's role on the leaderboard: the method class's, or the suite entry's ("ablation"); None in
+    # records written before roles were recorded (the leaderboard then asks the registry)
+    role: Role | None = None
     # per layer {"w": nats, "a": nats}: entropy of the method's final bit distributions (None: no distributions)
     entropy: dict[str, dict[str, float]] | None = None
     # per quarter epoch {"step", "macs", "loss", "bitops_ratio"} and, for ASGA, {"rho", "gap", "grad_norm"}
@@ -180,29 +182,3 @@ class Policy(BaseModel):
                         f"layer {name} has W{b.w}A{b.a}, outside the candidates w{self.candidates.w} "
                         f"a{self.candidates.a}; fix the policy or widen --w-candidates/--a-candidates"
                     )
-
-
-def fixed_bits_for(model: nn.Module, bits: tuple[int, int] = FIXED_BITS) -> dict[str, LayerBits]:
-    from mpqbench.models import fixed_layer_names
-
-    return {n: LayerBits(w=bits[0], a=bits[1]) for n in fixed_layer_names(model)}
-
-
-def uniform_layers(names: list[str], w: int, a: int) -> dict[str, LayerBits]:
-    return {n: LayerBits(w=w, a=a) for n in names}
-
-
-def random_layers(names: list[str], w_candidates: list[int], a_candidates: list[int], rng: random.Random) -> dict[str, LayerBits]:
-    return {n: LayerBits(w=rng.choice(w_candidates), a=rng.choice(a_candidates)) for n in names}
-
-
-def transfer(policy: Policy, target_model: nn.Module) -> Policy:
-    """Carry a policy searched on the proxy-geometry model to the target-geometry model of the same arch.
-
-    Layers are matched by name; the searchable set must be identical, otherwise this is a clear error.
-    """
-    try:
-        policy.validate_for(target_model, check_candidates=False)
-    except UserError as exc:
-        raise UserError(f"cannot transfer the {policy.arch} policy to the target model: {exc}") from None
-    return policy.model_copy(deep=True)

@@ -20,7 +20,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping, get_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpqbench.config import SuiteConfig
@@ -33,6 +33,10 @@ TRAIN_BATCH_SIZE = 128  # pretrain and QAT fine-tune
 EVAL_BATCH_SIZE = 512  # evaluation on the target test split
 WORKFLOW_CORES = 2  # `snakemake --cores N` of the documented commands (the README's)
 PRECISIONS = ("fp32", "bf16")
+# an entry's role on the leaderboard: a method class declares proposed / baseline / control; a suite entry may
+# mark a variant of the proposed method as an ablation
+Role = Literal["proposed", "ablation", "baseline", "control"]
+ROLES: tuple[str, ...] = get_args(Role)
 RESULTS_DIR, WORK_DIR, LOG_DIR = "results", "work", "logs"  # a suite's folders unless its file says otherwise
 CONFIG_DIR = "config"  # suite files; config/config.yaml is the default suite
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -201,6 +205,7 @@ class SearchRequest(_Request):
     precision: str = "fp32"
     length: float | None = None
     curve: str | None = None
+    role: str | None = None  # None = the method class's role
     out: Path | str | None = None
     # shorthands for the hyper-parameters of methods that have them (a control has neither); --hp wins
     epochs: float | None = None
@@ -296,7 +301,7 @@ def search_request(suite: "SuiteConfig", *, arch: str, budget: str, method: str,
         hparams=dict(m.hparams), epochs=m.epochs or suite.search.epochs,
         batch_size=a.search_batch_size or suite.search.batch_size, teacher=teacher_path(suite, arch, method, proxy), device=suite.device, progress=False,
         work_dir=layout.path("search_state", **cell), budget_floor=suite.budget_floor, precision=suite.precision,
-        length=m.length, curve=m.curve, out=out,
+        length=m.length, curve=m.curve, role=m.role, out=out,
     )
 
 

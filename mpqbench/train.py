@@ -47,7 +47,7 @@ from tqdm import tqdm
 from mpqbench.cost import SearchCostMeter
 from mpqbench.data import make_loader
 from mpqbench.errors import UserError
-from mpqbench.utils import resolve_device, seed_everything, torch_save
+from mpqbench.utils import SEED_MAX, resolve_device, seed_everything, torch_save
 
 CKPT_VERSION = 1
 PRECISIONS = ("fp32", "bf16")
@@ -84,12 +84,14 @@ class TrainConfig:
         check_precision(self.precision)
         if self.epochs < 0:
             raise UserError(f"epochs must be >= 0, got {self.epochs}; pass --epochs 0 (evaluate only) or more")
-        if not self.lr > 0:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"learning rate must be > 0, got {self.lr}; pass a positive --lr")
         if self.batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}; pass a positive --batch-size")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}; pass a non-negative --seed")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UserError(f"seed must be in [0, {SEED_MAX}], got {self.seed}; pass a --seed in that range")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"weight decay must be >= 0, got {self.weight_decay}; pass a non-negative --weight-decay")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -264,6 +266,61 @@ def _check_resumable(state: Mapping[str, Any], cfg: TrainConfig, num_samples: in
         )
 
 
+def read_resume(path: str | os.PathLike) -> dict[str, Any]:
+    """The resume checkpoint at ``path`` (weights-only load), or a :class:`UserError` saying to delete it."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or malicious files all mean: not ours
+        raise UserError(f"resume checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start "
+                        "the run over") from None
+    required = ("version", "epoch", "model", "optimizer", "scheduler", "rng", "config", "history")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise UserError(f"resume checkpoint {path} is not an mpqbench training checkpoint; delete it to start "
+                        "the run over")
+    return state
+
+
+def resume_mismatch(state: Mapping[str, Any], run_key: Mapping[str, Any]) -> str | None:
+    """Why the resume checkpoint ``state`` belongs to another run than ``run_key`` (None: the same run).
+
+    ``run_key`` is ``{"sha256": hash of fields, "fields": {name: value}}`` (see :func:`make_run_key`)."""
+    saved = state.get("run_key")
+    if not isinstance(saved, Mapping) or "sha256" not in saved:
+        return "it records no run key (written by an older mpqbench)"
+    if saved.get("sha256") == run_key["sha256"]:
+        return None
+    old, new = saved.get("fields") or {}, run_key["fields"]
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return f"{', '.join(differ) or 'its inputs'} differ{'s' if len(differ) == 1 else ''}"
+
+
+def make_run_key(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"sha256": sha256 of the canonical JSON of fields, "fields": fields}`` for :func:`train`'s ``run_key``."""
+    from mpqbench.utils import json_sha256
+
+    fields = dict(fields)
+    return {"sha256": json_sha256(fields), "fields": fields}
+
+
+def discard_stale_resume(path: str | os.PathLike, run_key: Mapping[str, Any], *, what: str = "run") -> bool:
+    """Delete the resume checkpoint at ``path`` when it was written for another run than ``run_key``.
+
+    Prints one ``warning:`` line on stderr saying why; returns True when a file was discarded. An unreadable
+    file is a :class:`UserError` (and is kept). Call it after every input has been checked, before any work.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    reason = resume_mismatch(read_resume(path), run_key)
+    if reason is None:
+        return False
+    print(f"warning: {path} is the resume checkpoint of another {what} ({reason}); discarding it and starting "
+          "clean", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------------
 # train / evaluate
 
@@ -277,8 +334,14 @@ def train(
     val_ds: Dataset | None = None,
     progress: bool = True,
     param_groups: list[dict[str, Any]] | None = None,
+    run_key: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place with SGD + per-step cosine LR; checkpoint every epoch; resume if possible.
+
+    ``run_key`` (optional, :func:`make_run_key`): what determines the result beyond ``cfg`` (inputs' hashes,
+    dataset, subset, ...). It is stored in the checkpoint; a checkpoint with another key is discarded with a
+    warning and the run starts clean. Without it, a checkpoint of other settings is a :class:`UserError`.
+    An unreadable checkpoint is a :class:`UserError` either way.
 
     ``train_ds`` yields ``(float tensor C×H×W, int label)``. ``param_groups`` (optional) are handed to
     ``torch.optim.SGD`` as they are (keys a group lacks default to ``cfg``); by default
@@ -316,13 +379,21 @@ def train(
 
     start_epoch, history = 0, []
     prior_wall_s, prior_macs, final_loss = 0.0, 0, math.nan
+    if run_key is not None and rt.is_main:
+        discard_stale_resume(ckpt_path, run_key)
+    if rt.world > 1:
+        dist.barrier()
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = read_resume(ckpt_path)
         _check_resumable(state, cfg, num_samples, rt.world, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"][rt.rank])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"][rt.rank])
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UserError(f"resume checkpoint {ckpt_path} does not fit this model ({type(exc).__name__}); "
+                            "delete it to start the run over") from None
         start_epoch, history = state["epoch"], list(state["history"])
         prior_wall_s, prior_macs, final_loss = state["wall_s"], state["macs_processed"], state["final_train_loss"]
     else:
@@ -391,6 +462,7 @@ def train(
                     "final_train_loss": final_loss,
                     "wall_s": prior_wall_s + time.perf_counter() - t0,
                     "macs_processed": prior_macs + meter.macs_processed,
+                    **({"run_key": dict(run_key)} if run_key is not None else {}),
                 },
                 ckpt_path,
             )

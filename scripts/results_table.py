@@ -12,7 +12,7 @@ seconds); settled = MACs processed until the argmax policy reached its final val
 the FP proxy teacher a method needs.
 
 Second table (when the runs hold accuracy-vs-search-cost curves): the efficiency gain at equal accuracy
-against the reference (see mpqbench.leaderboard.equal_accuracy_gains), with its bootstrap interval, beside
+against the reference (see mpqbench.board.equal_accuracy_gains), with its bootstrap interval, beside
 the fixed-length gain over the same reference.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mpqbench import leaderboard as lb
+from mpqbench import board as lb
 
 
 def _num(v, fmt: str, scale: float = 1.0) -> str:

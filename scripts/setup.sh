@@ -18,7 +18,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 else
-  echo "setup: no apt/root here; install Fashion-MNIST yourself (apt-get install dataset-fashion-mnist, or pass --data-root DIR with --download)"
+  echo "setup: no apt/root here; install Fashion-MNIST yourself: apt-get install dataset-fashion-mnist, or 'mpqbench download --dataset fashion-mnist --data-root DIR' (then --data-root DIR or MPQBENCH_DATA_ROOT=DIR)"
 fi
 
 PY=${PYTHON:-python3}

@@ -16,7 +16,7 @@ pytest.importorskip("streamlit")
 pytest.importorskip("altair")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from mpqbench import leaderboard as lb  # noqa: E402
+from mpqbench import board as lb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app" / "leaderboard.py")
@@ -159,7 +159,7 @@ def test_policy_detail_shows_every_method_at_the_budget(small):
     assert list(pol.columns[:2]) == ["layer", "gmpq @ digits"] and len(pol.columns) == 11
     assert pol["layer"].tolist()[:3] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"] and len(pol) == 18
     assert set(pol["uniform @ digits"]) == {"3/3"}
-    assert any("gmpq" in c.value and "snakemake --cores 8" in c.value for c in small.code)
+    assert any("gmpq" in c.value and "snakemake --cores 2" in c.value for c in small.code)
     # seed choice: the failed edmips seed 2 still has a policy and shows its reason
     small.selectbox(key="detail").set_value("edmips @ digits").run()
     small.sidebar.toggle(key="failed").set_value(True).run()
@@ -365,7 +365,7 @@ def test_hostile_record_is_quoted_and_escaped(monkeypatch, tmp_path):
     row = board(at).set_index("Method").loc[method]
     at.selectbox(key="detail").set_value(f"{method} @ digits").run()
     assert not at.exception
-    code = [c.value for c in at.code if "snakemake --cores 8" in c.value][0]
+    code = [c.value for c in at.code if "snakemake --cores 2" in c.value][0]
     lines = [row["Reproduce (snakemake)"], row["Reproduce search (mpqbench)"], *code.splitlines()]
     stubs = 'mpqbench() { :; }; snakemake() { :; }; '
     for line in lines:
@@ -374,3 +374,27 @@ def test_hostile_record_is_quoted_and_escaped(monkeypatch, tmp_path):
     assert list(marker.iterdir()) == []
     shown = [m.value for m in at.markdown if "seed 0" in m.value][0]
     assert "\\$(touch" in shown and "\\[x\\](javascript:alert(1))" in shown and "[x](javascript" not in shown
+
+
+def test_app_skips_exactly_what_aggregate_skips(monkeypatch, tmp_path):
+    """One loader: a relabelled copy, an impossible top-1, an off-canon budget name and a binary file are
+    skipped by the app with the very problem lines ``mpqbench aggregate``'s loader reports."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURES / "results_small", results)
+    asga = results / "runs" / "default" / "resnet20" / "w3a3" / "asga"
+    rec = json.loads((asga / "digits-to-fashion-mnist-s0.json").read_text())
+    (asga / "digits-to-fashion-mnist-s3.json").write_text(json.dumps({**rec, "seed": 3}))  # same run_id
+    (asga / "digits-to-fashion-mnist-s4.json").write_text(json.dumps(
+        {**rec, "seed": 4, "run_id": "0000000000a4", "metrics": {**rec["metrics"], "top1": 200.0}}))
+    (asga / "digits-to-fashion-mnist-s5.json").write_text(json.dumps(
+        {**rec, "seed": 5, "run_id": "0000000000a5", "budget": {**rec["budget"], "name": "W3A3"}}))
+    (results / "runs" / "x.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    _, problems = lb.load_records(results / "runs")
+    assert len(problems) == 4
+    at = run_app(monkeypatch, results)
+    assert any("4 results file(s) skipped" in e.label for e in at.expander)
+    assert "\n".join(problems) in [c.value for c in at.code]
+    assert sorted(at.sidebar.selectbox(key="budget").options) == ["w2a2", "w3a3"]  # no "W3A3" group
+    df = board(at)
+    row = df[(df["Method"] == "asga") & (df["Proxy (search data)"] == "digits")].iloc[0]
+    assert row["Seeds (n)"] == 3 and row["Top-1 (%)"] == pytest.approx(89.0)

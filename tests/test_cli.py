@@ -387,7 +387,7 @@ def test_complexity_of_policy_file_matches_its_achieved_cost(inputs, capsys):
 @needs_fashion
 @pytest.mark.slow
 def test_end_to_end_pretrain_search_finetune_evaluate_aggregate(tmp_path, capsys):
-    from mpqbench.leaderboard import read_leaderboard_csv
+    from mpqbench.board import read_leaderboard_csv
     from mpqbench.records import RunRecord, record_relpath
 
     common = ["--device", "cpu", "--no-progress"]

@@ -23,7 +23,10 @@ def raw(suite: str) -> dict:
 
 
 def suite(name: str) -> SuiteConfig:
-    return load_suite(raw(name), source=SUITES[name])
+    """A suite file validated and resolved against the method registry, as the workflow reads it."""
+    from mpqbench.plugins import resolve_suite
+
+    return resolve_suite(load_suite(raw(name), source=SUITES[name]), source=SUITES[name])
 
 
 def test_committed_schema_is_the_generated_one():
@@ -161,12 +164,10 @@ def test_suite_archs_and_datasets_are_registered(name):
 
 
 def _methods() -> dict[str, type]:
-    list_methods = _registry("mpqbench.search", "list_methods")
-    get_method = _registry("mpqbench.search", "get_method")
-    try:
-        return {m: get_method(m) for m in list_methods()}
-    except ImportError as exc:
-        pytest.skip(f"the method registry does not import yet ({exc})")
+    from mpqbench.plugins import discover
+    from mpqbench.search import get_method
+
+    return {m: get_method(m) for m in discover()}
 
 
 @pytest.mark.parametrize("name", ["default", "smoke"])
@@ -179,15 +180,48 @@ def test_every_registered_method_is_in_the_suite(name):
 
 @pytest.mark.parametrize("name", SUITES)
 def test_method_entries_match_the_registry(name):
-    """Base methods exist, hparams are known to them, and `teacher:` equals the class's needs_teacher."""
+    """Resolving a suite against the registry gives each entry its class's needs_teacher and role."""
+    from mpqbench.plugins import resolve_suite
+
     methods = _methods()
-    cfg = suite(name)
-    unregistered = sorted({m.method for m in cfg.methods.values()} - set(methods))
-    if unregistered:
-        pytest.skip(f"not registered yet: {', '.join(unregistered)}")
+    cfg = resolve_suite(suite(name))
     for label, m in cfg.methods.items():
         cls = methods[m.method]
-        assert m.teacher == cls.needs_teacher, f"{SUITES[name]}: methods.{label}.teacher should be {cls.needs_teacher}"
-        cls.Hparams(**m.hparams)  # raises on an unknown or ill-typed hyper-parameter
-        if getattr(cls, "searches_on_target", False):
+        assert m.teacher is cls.needs_teacher
+        assert m.role == (raw(name)["methods"][label].get("role") or cls.role)
+        if cls.searches_on_target:
             assert all(cfg.proxies[p].dataset == cfg.target.dataset for p in cfg.method_proxies(label))
+    roles = {label: m.role for label, m in cfg.methods.items()}
+    assert roles["asga"] == "proposed" and roles["asga-sam"] == "ablation" and roles["uniform"] == "control"
+    assert roles["edmips"] == "baseline"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["methods"].update(x={"method": "uniformm"}), r"methods\.x\.method: unknown method 'uniformm'; registered: .*uniform"),
+    (lambda c: c["methods"]["asga"]["hparams"].update(adaptive_rhoo=True), r"methods\.asga\.hparams\.adaptive_rhoo: Extra inputs"),
+    (lambda c: c["methods"]["asga"]["hparams"].update(rho_max="big"), r"methods\.asga\.hparams\.rho_max: .*number"),
+    (lambda c: c["methods"]["gmpq"].update(teacher=False), r"methods\.gmpq\.teacher: False contradicts gmpq, which needs a teacher"),
+    (lambda c: c["methods"]["edmips"].update(teacher=True), r"methods\.edmips\.teacher: True contradicts edmips"),
+    (lambda c: c["methods"]["edmips"].update(role="ablation"), r"methods\.edmips\.role: an ablation is a variant of a proposed"),
+    (lambda c: c["methods"]["gmpq"].update(teacher_from="target"), r"methods\.gmpq\.teacher_from: 'target' contradicts gmpq"),
+    (lambda c: c.update(budgets=["w3a3", "w1a1"]), r"budgets: w1a1 is below the cheapest policy W2A2"),
+    (lambda c: c.update(budgets=["w3a3", "w0a0"]), r"budgets: w0a0 is below the cheapest policy"),
+])
+def test_suite_is_checked_against_the_registry(edit, expected):
+    import re
+
+    from mpqbench.plugins import resolve_suite
+
+    data = raw("default")
+    edit(data)
+    with pytest.raises(UserError) as exc:
+        resolve_suite(load_suite(data))
+    assert re.search(expected, str(exc.value)), str(exc.value)
+
+
+def test_budget_feasibility_by_hand():
+    from mpqbench.plugins import budget_feasible
+
+    assert budget_feasible("w2a2", [2, 3], [2]) and budget_feasible("w2.5a2.5", [2, 3, 4], [2, 3, 4])
+    assert not budget_feasible("w1a1", [2, 3, 4], [2, 3, 4]) and budget_feasible("w1a1", [1, 2], [1])
+    assert not budget_feasible("w2a1.5", [2], [2]) and budget_feasible("w2a2", [1, 8], [4])

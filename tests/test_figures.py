@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("seaborn")
 
 from mpqbench import figures  # noqa: E402
-from mpqbench import leaderboard as lb  # noqa: E402
+from mpqbench import board as lb  # noqa: E402
 
 SMALL = Path(__file__).parent / "fixtures" / "results_small"
 

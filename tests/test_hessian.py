@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mpqbench.errors import UserError
-from mpqbench.hessian import hawq_policy, hutchinson_traces, layer_weights, sensitivity_table
+from baselines.hawq import hawq_policy, hutchinson_traces, layer_weights, sensitivity_table
 
 
 def _mse(out, y):

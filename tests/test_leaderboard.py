@@ -1,4 +1,4 @@
-"""mpqbench.leaderboard: flattening, CSV determinism, validation, ranking, Pareto front, gains.
+"""mpqbench.board: flattening, CSV determinism, validation, ranking, Pareto front, gains.
 
 Expected numbers are computed by hand from tests/fixtures/results_small (see make_fixtures.py):
 resnet20 / w3a3 / fashion-mnist, mean top-1 over ok seeds:
@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpqbench import leaderboard as lb
+from mpqbench import board as lb
 from mpqbench.errors import UserError
+from mpqbench.records import RunRecord
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = FIXTURES / "results_small"
@@ -117,7 +118,7 @@ def test_malformed_files_are_skipped_and_named():
     assert [r["method"] for r in recs] == ["asga"]
     assert len(problems) == 2
     assert any("broken/" in p and "not readable JSON" in p for p in problems)
-    assert any("gmpq/" in p and "'seed' must be an integer" in p and "metrics.top1" in p for p in problems)
+    assert any("gmpq/" in p and "seed: required field is missing" in p and "metrics: required" in p for p in problems)
     with pytest.raises(UserError, match="2 bad run record"):
         lb.load_records(FIXTURES / "results_malformed" / "runs", strict=True)
 
@@ -134,6 +135,192 @@ def test_duplicate_runs_are_reported(tmp_path):
     shutil.copytree(SMALL / "runs" / "default" / "mobilenet_v2", tmp_path / "runs" / "b")
     recs, problems = lb.load_records(tmp_path / "runs")
     assert len(recs) == 2 and len(problems) == 2 and all("duplicate of a/" in p for p in problems)
+
+
+# ------------------------------------------------------------------ one record loader for aggregate and the app
+
+ASGA_S0 = "default/resnet20/w3a3/asga/digits-to-fashion-mnist-s0.json"  # asga@digits seeds 0, 1, 2: 88, 89, 90
+
+
+def _results(tmp_path: Path) -> Path:
+    """A copy of results_small (27 valid runs) to add odd files to."""
+    shutil.copytree(SMALL, tmp_path / "results")
+    return tmp_path / "results"
+
+
+def _asga_s0() -> dict:
+    return json.loads((SMALL / "runs" / ASGA_S0).read_text())
+
+
+def _both_loaders(results: Path) -> tuple[list[dict], list[str]]:
+    """The records and problems of the loader ``mpqbench aggregate`` uses, checked against the app's view."""
+    recs, problems = lb.load_records(results / "runs")
+    app = lb.load_results(results)
+    assert app.problems == problems
+    assert sorted(app.records) == sorted(r["run_id"] for r in recs)
+    return recs, problems
+
+
+def _asga_digits_seeds(recs: list[dict]) -> int:
+    return int(_entry(lb.rank_methods(lb.records_to_frame(recs)), "asga")["n_seeds"])
+
+
+@pytest.mark.parametrize("copy_to, seed", [
+    ("zz-copy/asga-s0.json", None),  # a plain copy elsewhere
+    ("default/resnet20/w3a3/asga/digits-to-fashion-mnist-s3.json", 3),  # a copy relabelled as seed 3 (same run_id)
+])
+def test_a_copied_record_is_one_run_for_both_loaders(tmp_path, copy_to, seed):
+    results = _results(tmp_path)
+    rec = _asga_s0()
+    if seed is not None:
+        rec["seed"] = seed
+    (results / "runs" / copy_to).parent.mkdir(parents=True, exist_ok=True)
+    (results / "runs" / copy_to).write_text(json.dumps(rec))
+    recs, problems = _both_loaders(results)
+    same = f"same run_id {rec['run_id']}" if seed else "same suite/arch/target/budget/method/proxy/seed"
+    first, second = sorted([ASGA_S0, copy_to])
+    assert problems == [f"{second}: duplicate of {first} ({same}); left out"]
+    assert len(recs) == 27 and _asga_digits_seeds(recs) == 3
+    with pytest.raises(UserError, match=f"1 bad run record.*{second}: duplicate of {first}"):
+        lb.load_records(results / "runs", strict=True)
+
+
+def test_aggregate_counts_a_copied_record_once(tmp_path):
+    from mpqbench.pipeline import aggregate
+
+    results = _results(tmp_path)
+    (results / "runs" / "zz-copy").mkdir()
+    shutil.copy(results / "runs" / ASGA_S0, results / "runs" / "zz-copy" / "asga-s0.json")
+    try:
+        aggregate(runs_dir=results / "runs", out_dir=tmp_path / "out", figures=False, snakemake_log_dir=None)
+    except UserError as exc:  # a strict aggregate refuses, naming the copy
+        assert "zz-copy/asga-s0.json: duplicate of" in str(exc)
+    else:
+        assert len(lb.read_leaderboard_csv(tmp_path / "out" / "leaderboard.csv")) == 27
+
+
+def _set(rec: dict, dotted: str, value) -> None:
+    *parents, key = dotted.split(".")
+    for part in parents:
+        rec = rec.setdefault(part, {})
+    rec[key] = value
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"metrics.top1": math.inf}, "metrics.top1: Input should be a finite number (got inf)"),
+    ({"metrics.top1": math.nan}, "metrics.top1: Input should be a finite number (got nan)"),
+    ({"metrics.top1": 200.0}, "metrics.top1: Input should be less than or equal to 100 (got 200.0)"),
+    ({"metrics.top1": -1}, "metrics.top1: Input should be greater than or equal to 0 (got -1)"),
+    ({"metrics.top5": -math.inf}, "metrics.top5: Input should be a finite number"),
+    ({"metrics.loss": -0.5}, "metrics.loss: Input should be greater than or equal to 0"),
+    ({"metrics.top1": "88.5"}, "metrics.top1: Input should be a valid number (got '88.5')"),
+    ({"seed": True}, "seed: Input should be a valid integer (got True)"),
+    ({"fp_top1": 101.0}, "fp_top1: Input should be less than or equal to 100"),
+    ({"achieved.bitops_g_all": -1.0}, "achieved.bitops_g_all must be a finite number >= 0 (got -1.0)"),
+    ({"achieved.size_mb": math.nan}, "achieved.size_mb must be a finite number >= 0 (got nan)"),
+    ({"search.macs_processed": math.inf}, "search.macs_processed must be a finite number >= 0 (got inf)"),
+    ({"search.wall_s": -3.0}, "search.wall_s must be a finite number >= 0 (got -3.0)"),
+    ({"search.budget_floor": 1.5}, "search.budget_floor must be a finite number within [0, 1] (got 1.5)"),
+    ({"env.note": math.nan}, "env.note: NaN/Infinity is not a JSON number"),
+    ({"metrics": None}, "a run with status ok needs metrics"),
+    ({"status": "failed", "metrics": None, "reason": " "}, "a run with status failed needs a reason"),
+    ({"schema_version": 2}, "schema_version: Input should be 1"),
+])
+def test_numbers_the_leaderboard_cannot_trust_are_rejected_by_every_loader(tmp_path, changes, says):
+    results = _results(tmp_path)
+    rec = _asga_s0()
+    for dotted, value in changes.items():
+        _set(rec, dotted, value)
+    path = results / "runs" / ASGA_S0
+    path.write_text(json.dumps(rec))  # inf/nan become Infinity/NaN, which Python's json module reads back
+    recs, problems = _both_loaders(results)
+    assert len(recs) == 26 and len(problems) == 1
+    assert problems[0].startswith(f"{ASGA_S0}: ") and says in problems[0], problems[0]
+    with pytest.raises(UserError, match=f"1 bad run record.*{ASGA_S0}"):
+        lb.load_records(results / "runs", strict=True)
+    with pytest.raises(UserError, match="is malformed"):
+        RunRecord.load(path)
+    assert lb.validate_record(rec) and says in lb.validate_record(rec)[0]
+
+
+@pytest.mark.parametrize("field, value", [("budget.name", "W3A3"), ("budget.name", " w3a3 "), ("budget.name", "w3a3\n"),
+                                          ("budget.name", "3a3"), ("proxy", "Digits"), ("method", " asga")])
+def test_a_non_canonical_name_does_not_form_a_group_of_its_own(tmp_path, field, value):
+    results = _results(tmp_path)
+    rec = _asga_s0()
+    _set(rec, field, value)
+    rec.update(seed=7, run_id="00000000beef")  # not a duplicate: its own run, but named off-canon
+    (results / "runs" / "odd.json").write_text(json.dumps(rec))
+    recs, problems = _both_loaders(results)
+    frame = lb.records_to_frame(recs)
+    assert len(recs) == 27 and set(frame["budget"]) == {"w2a2", "w3a3", "w4a4"} and "Digits" not in set(frame["proxy"])
+    where = field.split(".")[0]
+    assert len(problems) == 1 and problems[0].startswith(f"odd.json: {where}: ") and "not canonical" in problems[0]
+    if where == "budget":
+        assert "expected w<bits>a<bits> in lowercase without spaces" in problems[0]
+
+
+def test_strict_loading_names_every_bad_file(tmp_path):
+    results = _results(tmp_path)
+    rec = _asga_s0()
+    rec["metrics"]["top1"] = 200.0
+    (results / "runs" / ASGA_S0).write_text(json.dumps(rec))
+    (results / "runs" / "notes.json").write_text("not json")
+    with pytest.raises(UserError) as err:
+        lb.load_records(results / "runs", strict=True)
+    text = str(err.value)
+    assert text.startswith(f"2 bad run record(s) under {results / 'runs'}: {ASGA_S0}: metrics.top1")
+    assert " | notes.json: not readable JSON" in text and text.endswith("fix or delete these files and run again")
+
+
+def test_odd_files_are_one_problem_line_each_never_a_traceback(tmp_path):
+    results = _results(tmp_path)
+    runs = results / "runs"
+    (runs / "binary.json").write_bytes(bytes(range(256)))
+    (runs / "folder.json").mkdir()
+    (runs / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (runs / "empty.json").write_text("")
+    (runs / "list.json").write_text("[]")
+    recs, problems = _both_loaders(results)
+    assert len(recs) == 27
+    assert problems == [
+        "binary.json: not readable JSON (not UTF-8 text; a binary file?)",
+        "deep.json: not readable JSON (nested too deeply)",
+        "empty.json: not readable JSON (Expecting value: line 1 column 1 (char 0))",
+        "folder.json: a directory, not a record file",
+        "list.json: not a JSON object",
+    ]
+    for name in ("binary.json", "folder.json", "deep.json", "empty.json", "list.json"):
+        with pytest.raises(UserError, match="is malformed"):
+            RunRecord.load(runs / name)
+
+
+def test_unreadable_file_and_folder_are_one_problem_line_each(tmp_path):
+    results = _results(tmp_path)
+    runs = results / "runs"
+    locked = runs / "locked.json"
+    locked.write_text("{}")
+    hidden = runs / "hidden"
+    hidden.mkdir()
+    (hidden / "x.json").write_text("{}")
+    locked.chmod(0)
+    hidden.chmod(0)
+    try:
+        try:
+            locked.read_bytes()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("chmod 000 does not stop this user reading (root)")
+        recs, problems = _both_loaders(results)
+        with pytest.raises(UserError, match="locked.json is malformed .not readable"):
+            RunRecord.load(locked)
+    finally:
+        locked.chmod(0o644)
+        hidden.chmod(0o755)
+    assert len(recs) == 27
+    assert problems == ["hidden/: folder not readable (Permission denied); records in it are left out",
+                        "locked.json: not readable (Permission denied)"]
 
 
 def test_load_results_explains_missing_empty_and_malformed(tmp_path):
@@ -259,11 +446,12 @@ def test_efficiency_gains_by_hand(ranked):
     g = key.loc[("resnet20", "w3a3", "gmpq-asga", "digits", "gmpq", "digits")]
     assert (g["gain_macs"], g["top1_diff_pp"]) == pytest.approx((4 / 3 - 1, 0.25))
     g = key.loc[("resnet20", "w3a3", "asga", "digits", "uniform", "digits")]
-    assert g["gain_macs"] == pytest.approx(-1.0) and g["baseline_role"] == "baseline"
+    assert g["gain_macs"] == pytest.approx(-1.0) and g["baseline_role"] == "control"
     g = key.loc[("mobilenet_v2", "w4a4", "asga", "digits", "gmpq", "digits")]
     assert (g["gain_macs"], g["gain_wall_s"], g["top1_diff_pp"]) == pytest.approx((0.5, 0.5, 1.0))
     # proposed methods are not compared with each other; every w3a3 proposed entry meets the 7 others
-    assert not (gains["baseline"].isin(lb.PROPOSED)).any()
+    proposed = set(ranked.loc[ranked["role"] == "proposed", "method"])
+    assert proposed >= {"asga", "gmpq-asga"} and not gains["baseline"].isin(proposed).any()
     assert len(gains[(gains["arch"] == "resnet20") & (gains["budget"] == "w3a3")]) == 3 * 7
     # the fixtures predate the teacher fields: missing teacher cost counts 0, so the gains agree
     assert np.allclose(gains["gain_macs_with_teacher"], gains["gain_macs"], equal_nan=True)
@@ -332,23 +520,36 @@ def test_policy_frame_in_module_order_and_wide_table(records):
 
 
 def test_reproduce_commands(frame):
-    row = frame[(frame["method"] == "asga-sam") & (frame["seed"] == 0)].iloc[0]
+    """A record of a suite whose file is here: the search line is the workflow's own request for that cell (minus
+    its state folder), the Snakemake line re-creates the record with that suite's config file."""
+    import yaml
+
+    from mpqbench import runs
+    from mpqbench.config import load_suite
+    from mpqbench.plugins import resolve_suite
+
+    row = frame[(frame["method"] == "asga-sam") & (frame["seed"] == 0) & (frame["arch"] == "resnet20")].iloc[0]
     cmds = lb.reproduce_commands(row)
-    assert cmds["search"] == ("mpqbench search --method asga --label asga-sam --arch resnet20 --proxy digits "
-                              "--target fashion-mnist --budget w3a3 --seed 0 --hp align=false --hp rho_max=0.1 "
-                              "--out policy.json")
-    assert cmds["snakemake"] == f"snakemake --cores 8 {row['record_path']}"
+    suite = resolve_suite(load_suite(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())))
+    want = runs.search_request(suite, arch="resnet20", budget="w3a3", method="asga-sam", proxy="digits", seed=0,
+                               out="policy.json")
+    want.work_dir, want.progress = None, True
+    assert cmds["search"] == want.command_line()
+    words = shlex.split(cmds["search"])
+    assert words[words.index("--label") + 1] == "asga-sam" and "--work-dir" not in words
+    assert cmds["snakemake"] == ("snakemake --cores 2 --configfile config/config.yaml --forcerun search -- "
+                                 + row["record_path"])
     assert (SMALL / row["record_path"].removeprefix("results/")).is_file()
     loop = lb.entry_commands(frame[(frame["method"] == "gmpq") & (frame["arch"] == "resnet20")])
     assert loop["search"].startswith("for s in 0 1; do mpqbench search --method gmpq ")
-    assert loop["search"].endswith(' --seed "$s" --out "policy-s$s.json"; done')
-    assert loop["snakemake"].count("results/runs/") == 2
+    assert ' --seed "$s" ' in loop["search"] and ' --out "policy-s$s.json"' in loop["search"]
+    assert loop["search"].endswith("; done") and loop["snakemake"].count("results/runs/") == 2
 
 
 def test_reproduce_command_quotes_odd_values():
-    row = {"method": "m", "base_method": "m", "arch": "a", "proxy": "p", "target": "t", "budget": "w3a3",
+    row = {"suite": "adhoc", "method": "m", "base_method": "m", "arch": "a", "proxy": "p", "target": "t", "budget": "w3a3",
            "seed": 0, "search_hparams": json.dumps({"note": "two words"}), "record_path": "results/runs/x.json"}
-    assert "--hp 'note=two words'" in lb.reproduce_commands(row)["search"]
+    assert """--hp 'note="two words"'""" in lb.reproduce_commands(row)["search"]
     # a value that starts with $ is quoted like any other (it used to be left bare)
     assert "--out '$HOME/p.json'" in lb.reproduce_commands(row, out="$HOME/p.json")["search"]
     assert "--seed '$(id)'" in lb.reproduce_commands(row, seed="$(id)")["search"]
@@ -407,9 +608,10 @@ def test_hostile_record_values_reach_the_shell_as_literal_words(tmp_path):
     assert words[words.index("--label") + 1] == method and words[words.index("--proxy") + 1] == proxy
     assert words[words.index("--teacher") + 1] == f"work/{suite}/teacher/resnet20-{proxy}.pt"
     assert sorted(w for i, w in enumerate(words) if i and words[i - 1] == "--hp") == sorted(
-        f"{k}={v}" for k, v in hps.items())
+        f"{k}={json.dumps(v)}" for k, v in hps.items())  # each value as JSON, as the CLI reads --hp
     record_path = frame.iloc[0]["record_path"]
-    assert shlex.split(single["snakemake"])[3:] == [record_path] and method in record_path and suite in record_path
+    sm = shlex.split(single["snakemake"])
+    assert sm[sm.index("--") + 1:] == [record_path] and method in record_path and suite in record_path
 
     # executed (with printing stand-ins for the programs): the same literal words, and no file appears
     printed = _run_with_printing_programs(single["search"], tmp_path)
@@ -417,7 +619,8 @@ def test_hostile_record_values_reach_the_shell_as_literal_words(tmp_path):
     printed = _run_with_printing_programs(loop["search"], tmp_path)
     assert printed.count("--seed") == 2 and printed[printed.index("--seed") + 1] == "0"
     assert "policy-s0.json" in printed and "policy-s1.json" in printed and printed.count(method) == 2
-    assert _run_with_printing_programs(loop["snakemake"], tmp_path)[2:] == list(frame["record_path"])
+    printed = _run_with_printing_programs(loop["snakemake"], tmp_path)
+    assert printed[printed.index("--") + 1:] == list(frame["record_path"])
     for line in lines:  # and through `true`, the harmless program the line would otherwise start
         subprocess.run(["bash", "-c", line.replace("mpqbench search", "true", 1).replace("snakemake", "true", 1)],
                        cwd=tmp_path, capture_output=True, timeout=30, check=True)

@@ -17,8 +17,8 @@ from mpqbench.policy import Policy
 from mpqbench.search import get_method, list_methods
 from mpqbench.search.run import SearchRequest, run_search
 
-# Smoke settings: tiny ResNet-20 on digits at 16×16, a couple of search steps.
-SMOKE_HP = {"epochs": 0.3, "batch_size": 64}
+# Smoke geometry: tiny ResNet-20 on digits at 16×16; each method's class gives its seconds-long settings
+# (``smoke_hparams``), so this file names no method.
 ARCH, WIDTH, PROXY, TARGET = "resnet20", 0.25, "digits", "fashion-mnist"
 
 
@@ -38,26 +38,32 @@ pytestmark = pytest.mark.skipif(not fashion_available(), reason="Fashion-MNIST n
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
+    """The FP model a method reads, on the dataset it searches (made once per dataset)."""
     from mpqbench.pipeline import pretrain
     from mpqbench.train import TrainConfig
 
-    out = tmp_path_factory.mktemp("teacher") / "fp_digits.pt"
-    pretrain(arch=ARCH, dataset=PROXY, data_root=None, input_size=16, width=WIDTH, subset=256,
-             cfg=TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=0, device="cpu"), out=out, progress=False)
-    return out
+    made: dict[str, object] = {}
+
+    def on(dataset: str):
+        if dataset not in made:
+            out = tmp_path_factory.mktemp("teacher") / f"fp_{dataset}.pt"
+            pretrain(arch=ARCH, dataset=dataset, data_root=None, input_size=16, width=WIDTH, subset=256,
+                     cfg=TrainConfig(epochs=1, lr=0.05, batch_size=64, seed=0, device="cpu"), out=out,
+                     progress=False)
+            made[dataset] = out
+        return made[dataset]
+
+    return on
 
 
 def smoke_request(method: str, seed: int, teacher) -> SearchRequest:
     cls = get_method(method)
-    hp = {k: v for k, v in SMOKE_HP.items() if k in cls.Hparams.model_fields}
-    if "num_batches" in cls.Hparams.model_fields:
-        hp["num_batches"] = 1
-    if "max_probes" in cls.Hparams.model_fields:
-        hp["max_probes"] = 4
+    hp = dict(cls.smoke_hparams)
     proxy = TARGET if cls.searches_on_target else PROXY
+    teacher = teacher(proxy) if cls.needs_teacher else None
     return SearchRequest(method=method, arch=ARCH, proxy=proxy, target=TARGET, budget="w2.5a2.5", seed=seed,
                          proxy_subset=200, proxy_input_size=16, target_input_size=16, width=WIDTH, hparams=hp,
-                         teacher=teacher if cls.needs_teacher else None, device="cpu", progress=False)
+                         teacher=teacher, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -84,7 +90,7 @@ def test_method_contract(method, tmp_path, teacher):
         assert policy.search.macs_processed > 0
     assert policy.search.hparams["method"] == method
     if cls.needs_teacher and not cls.searches_on_target:  # the proxy teacher's training, from its checkpoint
-        meta = torch.load(teacher, weights_only=True)["meta"]
+        meta = torch.load(teacher(PROXY), weights_only=True)["meta"]
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (meta["macs_processed"], meta["wall_s"])
         assert policy.search.teacher_macs > 0
     else:
@@ -108,6 +114,26 @@ def test_settle_point_by_hand():
     assert settle_point([{"step": 5, "loss": 1.0}]) is None and settle_point([]) is None
 
 
-def test_every_method_is_covered():
-    # A new baselines/<name>.py is picked up by list_methods() and therefore by the contract above.
-    assert {"uniform", "random", "edmips", "edmips-target", "asga"} <= set(list_methods())
+def test_method_facts_are_declared():
+    """Every registered class states its facts with the declared types (the suites, the leaderboard, the app and
+    this test read them), and its smoke settings are hyper-parameters it has."""
+    from mpqbench.search import ROLES
+
+    for name in list_methods():
+        cls = get_method(name)
+        assert cls.name == name and cls.role in ROLES and cls.role != "ablation"  # ablations are suite entries
+        assert all(isinstance(getattr(cls, f), bool) for f in ("needs_teacher", "searches_on_target", "runs_network",
+                                                              "iterative"))
+        cls.Hparams(**cls.smoke_hparams)
+        assert cls.runs_network or not cls.iterative
+
+
+def test_every_baseline_file_registers_a_method():
+    # a new baselines/<name>.py is imported by discovery, so it is in list_methods() and in the contract above
+    import pkgutil
+
+    import baselines
+
+    modules = {f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__)}
+    registered = {get_method(n).__module__ for n in list_methods()}
+    assert modules and modules <= registered, f"files that register nothing: {sorted(modules - registered)}"

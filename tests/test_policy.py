@@ -1,13 +1,12 @@
-"""Policy JSON: round trip, every validation error, transfer between proxy and target geometry; repair."""
+"""Policy JSON: round trip, every validation error, the same policy on the proxy and target geometry; repair."""
 
 import json
-import random
 
 import pytest
 
 from mpqbench.errors import UserError
-from mpqbench.models import get_model, searchable_layer_names
-from mpqbench.policy import Budget, Policy, fixed_bits_for, random_layers, transfer, uniform_layers
+from mpqbench.models import fixed_layer_names, get_model, searchable_layer_names
+from mpqbench.policy import Budget, LayerBits, Policy
 from mpqbench.cost import bitops_g
 from mpqbench.search.repair import repair_to_budget
 
@@ -24,7 +23,8 @@ def target_model():
 
 def make_policy(model, w=3, a=3) -> Policy:
     return Policy(arch="resnet18", method="uniform", budget=Budget(name="w3a3", bitops_g=1.0),
-                  layers=uniform_layers(searchable_layer_names(model), w, a), fixed=fixed_bits_for(model))
+                  layers={n: LayerBits(w=w, a=a) for n in searchable_layer_names(model)},
+                  fixed={n: LayerBits(w=8, a=8) for n in fixed_layer_names(model)})
 
 
 def test_round_trip(tmp_path, proxy_model):
@@ -86,21 +86,14 @@ def test_load_missing_file(tmp_path):
         Policy.load(tmp_path / "nope.json")
 
 
-def test_transfer_proxy_to_target(proxy_model, target_model):
+def test_a_proxy_policy_validates_on_the_target_geometry(proxy_model, target_model):
+    # a policy searched at the proxy geometry deploys on the target geometry of the same arch (same layer names)
     p = make_policy(proxy_model)
     p.layers["layer3.1.conv2"].a = 4
-    q = transfer(p, target_model)
-    assert q.bits() == p.bits() and q is not p
+    p.validate_for(target_model, check_candidates=False)
     other_arch = get_model("resnet50", num_classes=1000, input_size=224)
-    with pytest.raises(UserError, match="cannot transfer"):
-        transfer(p, other_arch)
-
-
-def test_random_layers_uses_candidates(proxy_model):
-    names = searchable_layer_names(proxy_model)
-    layers = random_layers(names, [2, 4], [3], random.Random(0))
-    assert set(layers) == set(names)
-    assert {b.w for b in layers.values()} <= {2, 4} and {b.a for b in layers.values()} == {3}
+    with pytest.raises(UserError):
+        p.validate_for(other_arch, check_candidates=False)
 
 
 def test_repair_meets_budget_and_prefers_cheap_moves():

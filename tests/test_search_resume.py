@@ -4,13 +4,13 @@ import pytest
 import torch
 from killswitch import killed_after_first_save
 
-import mpqbench.search.differentiable as diff_mod
+import mpqbench.search as search_mod
 from mpqbench.cost import SearchCostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext, get_method
 
 
-def _ctx(work_dir, meter) -> SearchContext:
+def _ctx(work_dir, meter, key="k" * 64) -> SearchContext:
     cost = arch_cost("resnet20", input_size=8, num_classes=10, in_channels=1, width=0.25)
     ds = subset(load_split("digits", "train", input_size=8), count=96, seed=0)
     return SearchContext(
@@ -18,6 +18,7 @@ def _ctx(work_dir, meter) -> SearchContext:
         target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed), budget_name="w3a3",
         budget_bitops_g=sum(cost.macs[n] * 9 for n in cost.searchable) / 1e9, w_candidates=[2, 3, 4],
         a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=meter, progress=False, work_dir=work_dir,
+        state_key=key,
     )
 
 
@@ -29,9 +30,10 @@ def test_search_kill_and_resume(tmp_path, monkeypatch, method):
     ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
 
     (tmp_path / "run").mkdir()
-    with killed_after_first_save(monkeypatch, diff_mod):
+    with killed_after_first_save(monkeypatch, search_mod):
         cls().search(_ctx(tmp_path / "run", SearchCostMeter()), hp)
-    assert (tmp_path / "run" / f"search-{method}.ckpt").exists()
+    ckpt = _ctx(tmp_path / "run", None).state_path()
+    assert ckpt.exists() and ckpt.name == "search-kkkkkkkkkkkkkkkk.ckpt"
 
     torch.manual_seed(4321)
     meter = SearchCostMeter()
@@ -43,4 +45,38 @@ def test_search_kill_and_resume(tmp_path, monkeypatch, method):
     assert [h["policy"] for h in resumed.extra["history"]] == [h["policy"] for h in ref.extra["history"]]
     assert (resumed.settled_step, resumed.settled_macs) == (ref.settled_step, ref.settled_macs)
     assert meter.steps == 9 and meter.macs_processed > 0  # 3 epochs × 3 steps, counted across the kill
-    assert not (tmp_path / "run" / f"search-{method}.ckpt").exists(), "a finished search removes its checkpoint"
+    assert not ckpt.exists(), "a finished search removes its checkpoint"
+
+
+def test_a_checkpoint_of_another_search_is_never_resumed(tmp_path, monkeypatch, capfd):
+    """A killed search with other settings (another key) leaves a checkpoint in the same folder: the next search
+    removes it with a warning and gives exactly the clean result; a corrupt checkpoint of its own key too."""
+    torch.set_num_threads(1)
+    cls = get_method("asga")
+    hp = cls.Hparams(epochs=2, batch_size=32, lr_alpha=0.5)
+    ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with killed_after_first_save(monkeypatch, search_mod):  # another search (other key, other lr) killed here
+        cls().search(_ctx(run, SearchCostMeter(), key="o" * 64), cls.Hparams(epochs=2, batch_size=32, lr_alpha=5.0))
+    other = _ctx(run, None, key="o" * 64).state_path()
+    assert other.exists()
+    capfd.readouterr()
+    out = cls().search(_ctx(run, SearchCostMeter()), hp)
+    assert "is the checkpoint of another search" in capfd.readouterr().err and not other.exists()
+    assert out.layers == ref.layers and out.extra["probs"] == ref.extra["probs"]
+
+    own = _ctx(run, None).state_path()
+    own.write_bytes(b"not a checkpoint")
+    again = cls().search(_ctx(run, SearchCostMeter()), hp)
+    assert "is unusable" in capfd.readouterr().err
+    assert again.extra["probs"] == ref.extra["probs"]
+
+
+def test_a_diverging_search_stops_with_one_clear_error(tmp_path):
+    from mpqbench.errors import UserError
+
+    cls = get_method("edmips")
+    with pytest.raises(UserError, match=r"the search loss is nan at step 2 .*diverged"):
+        cls().search(_ctx(None, SearchCostMeter()), cls.Hparams(epochs=1, batch_size=32, lr_w=float("nan")))

@@ -53,6 +53,8 @@ if cmd == "info":
         {{"name": n, "present": n not in missing, "where": None if n in missing else "/stub/" + n,
           "how_to_get": "apt-get install -y dataset-" + n}} for n in names]}}))
 elif cmd == "aggregate":
+    if os.environ.get("STUB_FAIL") == "aggregate":
+        sys.exit("error: stub aggregate fails on purpose")
     runs, out = Path(opt("--runs")), Path(opt("--out-dir"))
     records = sorted(str(p.relative_to(runs)) for p in runs.rglob("*.json"))
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,9 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def expected_counts(suite_file: Path) -> dict[str, int]:
-    cfg = load_suite(yaml.safe_load(suite_file.read_text()))
+    from mpqbench.plugins import resolve_suite
+
+    cfg = resolve_suite(load_suite(yaml.safe_load(suite_file.read_text())))
     n = len(cfg.runs())
     return {"check_data": 1, "pretrain_target": len(cfg.archs), "pretrain_proxy": len(cfg.teachers()),
             "search": n, "finetune": n, "evaluate": n, "aggregate": 1, "figures": 1, "all": 1}
@@ -151,17 +155,49 @@ def test_default_suite_is_the_default_configfile(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p")
     assert job_counts(proc.stdout) == expected_counts(tmp_path / SUITES["default"])
     out = proc.stdout
+    searches = {(c["label"], c["budget"], c["proxy-label"], c["seed"]): c for c in parsed_commands(out, "search")}
     # the CLI contract: label -> base method + hparams, proxy label -> dataset + subset, teacher where needed
-    assert re.search(r"mpqbench search --method asga --label asga-sam .*--hp adaptive_rho=false --hp align=false", out)
-    assert re.search(r"--method edmips-target --label edmips-target-len0.25 --arch resnet20 --proxy fashion-mnist "
-                     r"--proxy-label fashion-mnist --proxy-subset 6000 .*--epochs 0.5 .*--budget-floor 0.9 "
-                     r"--length 0.25 --curve edmips-target", out)
+    sam = searches[("asga-sam", "w3a3", "digits", "0")]
+    assert sam["method"] == "asga" and {"adaptive_rho=false", "align=false"} <= set(sam["hp"])
+    curve = searches[("edmips-target-len0.25", "w3a3", "fashion-mnist", "0")]
+    assert (curve["method"], curve["arch"], curve["proxy"], curve["proxy-subset"], curve["epochs"],
+            curve["budget-floor"], curve["length"], curve["curve"]) == (
+        "edmips-target", "resnet20", "fashion-mnist", "6000", "0.5", "0.9", "0.25", "edmips-target")
     # hawq-target reads the target FP start model as its "teacher"; the search gets the suite's precision
-    assert re.search(r"--method hawq-target [^\n]*--teacher work/default/fp/resnet20-fashion-mnist\.pt "
-                     r"[^\n]*--precision fp32", out)
-    assert re.search(r"--method gmpq --label gmpq .* --teacher work/default/teacher/resnet20-digits\.pt", out)
-    assert not re.search(r"--method edmips --label edmips [^\n]*--teacher", out)
+    hawq_t = searches[("hawq-target", "w3a3", "fashion-mnist", "0")]
+    assert hawq_t["teacher"] == "work/default/fp/resnet20-fashion-mnist.pt" and hawq_t["precision"] == "fp32"
+    assert searches[("gmpq", "w3a3", "digits", "0")]["teacher"] == "work/default/teacher/resnet20-digits.pt"
+    assert "teacher" not in searches[("edmips", "w3a3", "digits", "0")]
+    # every search checkpoints into its own cell's state folder, so a killed search resumes (and only its own)
+    assert searches[("asga", "w3a3", "digits", "1")]["work-dir"] == \
+        "work/default/search-state/resnet20/w3a3/asga/digits-to-fashion-mnist-s1"
+    assert len({c["work-dir"] for c in searches.values()}) == len(searches)
     assert "--out results/runs/default/resnet20/w2.5a2.5/edmips-target/fashion-mnist-to-fashion-mnist-s0.json" in out
+
+
+def parsed_commands(out: str, command: str) -> list[dict]:
+    """The ``mpqbench <command>`` lines of a dry run (-p) as {option: value} (repeated --hp as a list)."""
+    found = []
+    for line in out.splitlines():
+        line = line.strip().removeprefix("Shell command: ")
+        if not line.startswith(f"mpqbench {command} "):
+            continue
+        words = shlex.split(line.split(" > ")[0])[2:]
+        opts: dict = {"hp": []}
+        i = 0
+        while i < len(words):
+            key = words[i].removeprefix("--")
+            if i + 1 < len(words) and not words[i + 1].startswith("--"):
+                if key == "hp":
+                    opts["hp"].append(words[i + 1])
+                else:
+                    opts[key] = words[i + 1]
+                i += 2
+            else:
+                opts[key] = True
+                i += 1
+        found.append(opts)
+    return found
 
 
 def test_paper_suite_names_no_scheduler_and_uses_gpus(tmp_path):
@@ -216,6 +252,71 @@ def test_missing_dataset_stops_the_run_with_how_to_get_it(tmp_path):
 
 
 # ---- execution with the stub CLI -------------------------------------------------------------------------
+def test_reproduce_command_recreates_a_record_of_any_suite(tmp_path):
+    """The Snakemake line the leaderboard shows for a record re-runs exactly that cell's search, fine-tune and
+    evaluation and re-creates the record file, for the smoke suite and for a second suite whose results_dir is
+    elsewhere; the search line is the workflow's own search command for the cell."""
+    from mpqbench import board as lb
+
+    copy_tree(tmp_path)
+    other = yaml.safe_load((tmp_path / SUITES["smoke"]).read_text())
+    other.update(suite="other", results_dir="elsewhere/results", methods={"gmpq": {"method": "gmpq"},
+                                                                        "edmips": {"method": "edmips"}})
+    (tmp_path / "config" / "other.yaml").write_text(yaml.safe_dump(other))
+    env = stub_env(tmp_path)
+    for suite_file, cell in ((SUITES["smoke"], ("resnet20", "w3a3", "asga-sam", "digits", 0)),
+                             ("config/other.yaml", ("resnet20", "w3a3", "gmpq", "digits", 0))):
+        snakemake(tmp_path, "all", "--cores", "2", "--configfile", suite_file, env=env)
+        calls(tmp_path)
+        suite = yaml.safe_load((tmp_path / suite_file).read_text())
+        arch, budget, method, proxy, seed = cell
+        rec = {"suite": suite["suite"], "arch": arch, "budget": {"name": budget}, "method": method, "proxy": proxy,
+               "seed": seed, "target": "fashion-mnist"}
+        cmds = lb.reproduce_commands(rec, root=tmp_path)
+        record = tmp_path / lb.record_relpath(rec, root=tmp_path)
+        assert record.is_file() and record.is_relative_to(tmp_path / suite["results_dir"])
+        before = record.read_text()
+        record.write_text("{}")  # so we can see it re-made
+        proc = subprocess.run(["bash", "-c", cmds["snakemake"]], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ran = calls(tmp_path)
+        assert [c[0] for c in ran if c[0] in ("search", "finetune", "evaluate")] == ["search", "finetune", "evaluate"]
+        search = next(c for c in ran if c[0] == "search")
+        assert search[search.index("--label") + 1] == method and search[search.index("--seed") + 1] == "0"
+        remade = json.loads(record.read_text())
+        assert remade["stub"] == "evaluate" and remade["argv"][remade["argv"].index("--out") + 1] == str(
+            record.relative_to(tmp_path)) and json.loads(before)["stub"] == "evaluate"
+        # the search line is the workflow's search command for the cell, minus the state folder and --no-progress
+        def without(words, *options):
+            words = list(words)
+            for opt in options:
+                if opt in words:
+                    i = words.index(opt)
+                    del words[i:i + 2]
+            return words
+
+        shown = without(shlex.split(cmds["search"])[2:], "--out")
+        workflow = without(search[1:], "--out", "--work-dir")
+        assert [w for w in workflow if w != "--no-progress"] == shown
+
+
+def test_a_failed_aggregate_leaves_the_committed_results(tmp_path):
+    """Snakemake deletes the outputs of a failed job: the aggregates the suite had before are put back."""
+    copy_tree(tmp_path)
+    env = stub_env(tmp_path)
+    smoke = SUITES["smoke"]
+    snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=env)
+    results = tmp_path / "work" / "smoke" / "results"
+    before = {p: p.read_bytes() for p in (results / "leaderboard.csv", results / "summary.json", results / "jobs.tsv")}
+    next(iter(sorted((results / "runs").rglob("*.json")))).unlink()  # a record to re-make, then a failing aggregate
+    proc = snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=stub_env(tmp_path, STUB_FAIL="aggregate"),
+                     check=False)
+    assert proc.returncode != 0 and "stub aggregate fails on purpose" in (tmp_path / "logs" / "smoke" / "aggregate.log").read_text()
+    assert {p: p.read_bytes() for p in before} == before
+    assert "restored" in proc.stderr and (results / "figures" / "pareto.png").exists()
+
+
 @pytest.mark.slow
 def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
     copy_tree(tmp_path)
@@ -336,7 +437,7 @@ def test_smoke_suite_really_runs(tmp_path):
     assert json.loads((results / "summary.json").read_text())
 
     # the leaderboard's reproduce command recreates the workflow's policy: a subset proxy, a teacher method
-    from mpqbench import leaderboard as lb
+    from mpqbench import board as lb
 
     frame = lb.records_to_frame([json.loads(p.read_text()) for p in records])
     for method, proxy in (("edmips", "fashion-mnist-subset"), ("gmpq", "digits")):

@@ -6,25 +6,30 @@ implements ``search(ctx, hp) -> SearchOutcome``. The harness (``mpqbench.search.
 context, measures nothing itself — each method wraps its real step function in ``ctx.meter`` — and turns
 the outcome into a policy JSON that always meets the budget.
 
-Baselines live in ``baselines/``, one file per method; :func:`load_plugins` imports them so they
-register themselves exactly like the built-in methods.
+A method class carries its own facts: ``role`` (proposed / baseline / control; a suite entry may mark a
+variant of the proposed method as an ablation), ``needs_teacher``, ``searches_on_target``, ``runs_network``,
+``iterative`` and ``smoke_hparams`` (the hyper-parameters of a seconds-long run, for the generic test). Suites,
+the leaderboard, the app and the tests read them from here.
+
+This module is the core's registry only: it imports no method. The built-in ones (the controls, the
+differentiable search and ASGA) and every baseline are found by :func:`mpqbench.plugins.discover`, which
+the top level (the CLI, the workflow, the app, the tests) calls.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset
 
-from mpqbench.runs import DEFAULT_BUDGET_FLOOR
+from mpqbench.runs import DEFAULT_BUDGET_FLOOR, ROLES, Role  # noqa: F401  (ROLES re-exported)
 from mpqbench.cost import SearchCostMeter
 from mpqbench.registry import Registry
+from mpqbench.utils import torch_save
 
 
 class NoHparams(BaseModel):
@@ -55,6 +60,10 @@ class SearchContext:
     teacher_ckpt: Path | None = None
     progress: bool = True
     work_dir: Path | None = None  # where a method may checkpoint to resume a long search
+    # sha256 of everything that determines the result (method, hparams, budget, seed, data, geometry, teacher):
+    # a checkpoint is resumed only when its key is this one (see :meth:`resume_state`)
+    state_key: str | None = None
+    proxy_dataset: str | None = None  # the registered dataset searched on (``proxy`` is its label)
     teacher_meta: dict[str, Any] | None = None  # set by load_teacher: the teacher checkpoint's meta (its cost)
     # the budget window is [budget_floor, 1] × budget: methods that can choose how much to spend aim inside it
     budget_floor: float = DEFAULT_BUDGET_FLOOR
@@ -66,6 +75,89 @@ class SearchContext:
 
         return bitops_g(self.target_macs, layers)
 
+    # ---- resumable state ------------------------------------------------------------------------------
+    def state_path(self) -> Path | None:
+        """Where this search checkpoints (None without ``work_dir``): one file per search key."""
+        if self.work_dir is None:
+            return None
+        return self.work_dir / f"search-{(self.state_key or 'nokey')[:16]}.ckpt"
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint this search may resume from, or None (start clean). A checkpoint of another search
+        in ``work_dir`` (another key) or one that does not load is removed with one warning line saying why:
+        a resume never mixes two searches."""
+        import sys
+
+        path = self.state_path()
+        if path is None:
+            return None
+        for other in sorted(self.work_dir.glob("search-*.ckpt")):
+            if other != path:
+                print(f"warning: {other} is the checkpoint of another search (other method, settings, data or "
+                      "seed); removed, this search starts clean", file=sys.stderr)
+                other.unlink(missing_ok=True)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, weights_only=True)
+            if not isinstance(state, dict) or state.get("key") != self.state_key:
+                raise ValueError("its key does not match this search")
+        except Exception as exc:  # noqa: BLE001 - a corrupt or foreign checkpoint is discarded, never half-used
+            print(f"warning: search checkpoint {path} is unusable ({type(exc).__name__}: {exc}); removed, this "
+                  "search starts clean", file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return None
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        path = self.state_path()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch_save({**state, "key": self.state_key}, path)
+
+    def clear_state(self) -> None:
+        path = self.state_path()
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def load_target_fp(self, what: str = "target FP model", *, new_head: bool = False) -> torch.nn.Module:
+        """The target FP start model (``--teacher`` of a method with ``teacher_from = "target"``) rebuilt at the
+        proxy geometry, on ``device``: same arch, width and input channels, every weight copied; the classifier
+        too when the proxy has the target's classes and ``new_head`` is False, else a fresh one (seeded by the
+        search seed). For methods that start from the target-trained model and see proxy data only."""
+        from mpqbench.errors import UserError
+        from mpqbench.models import get_model
+        from mpqbench.pipeline import load_checkpoint
+
+        if self.teacher_ckpt is None:
+            raise UserError(f"this method starts from the {what}; pass --teacher <target FP checkpoint>")
+        ckpt = load_checkpoint(self.teacher_ckpt, what)
+        meta = self.teacher_meta = ckpt["meta"]
+        want, have = (self.arch, self.in_channels, self.width), (meta["arch"], meta["in_channels"], meta["width"])
+        if have != want:
+            raise UserError(f"the {what} {self.teacher_ckpt} is (arch, channels, width) = {have}, the search needs "
+                            f"{want}; pass the FP model this arch's fine-tunes start from")
+        model = get_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
+                          input_size=self.input_size, width=self.width)
+        own = model.state_dict()
+        state = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+        head = [k for k in own if k not in state]
+        if new_head or head:
+            from mpqbench.models import fixed_layer_names
+
+            prefix = fixed_layer_names(model)[1] + "."
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            missing = [k for k in own if k not in state and not k.startswith(prefix)]
+            if missing:
+                raise UserError(f"the {what} {self.teacher_ckpt} lacks {missing[:3]} for the proxy geometry")
+            gen = torch.Generator().manual_seed(self.seed)
+            with torch.no_grad():
+                layer = dict(model.named_modules())[prefix[:-1]]
+                torch.nn.init.normal_(layer.weight, std=0.01, generator=gen)
+                torch.nn.init.zeros_(layer.bias)
+        model.load_state_dict(state, strict=False)
+        return model.to(self.device)
+
     def load_teacher(self, what: str = "FP teacher") -> torch.nn.Module:
         """The FP model pretrained on the proxy (``--teacher``), checked against this search, on ``device``."""
         from mpqbench.errors import UserError
@@ -76,6 +168,10 @@ class SearchContext:
             raise UserError(f"this method needs an {what} pretrained on the proxy; pass --teacher FP.pt")
         ckpt = load_checkpoint(self.teacher_ckpt, what)
         meta = self.teacher_meta = ckpt["meta"]
+        if self.proxy_dataset is not None and meta.get("dataset") not in (None, self.proxy_dataset):
+            raise UserError(f"the {what} {self.teacher_ckpt} was trained on {meta.get('dataset')!r}, this search runs "
+                            f"on {self.proxy_dataset!r}; pretrain one with `mpqbench pretrain --dataset "
+                            f"{self.proxy_dataset} ...`")
         want = (self.arch, self.num_classes, self.in_channels, self.input_size, self.width)
         have = (meta["arch"], meta["num_classes"], meta["in_channels"], meta["input_size"], meta["width"])
         if have != want:
@@ -129,7 +225,17 @@ class Method:
 
     name: ClassVar[str] = ""
     Hparams: ClassVar[type[BaseModel]] = NoHparams
+    # proposed (ASGA and its variants), baseline (published methods), control (sanity references that choose
+    # a policy without a search); "ablation" is given to suite entries, not to classes
+    role: ClassVar[Role] = "baseline"
+    # hyper-parameters of a seconds-long run on the smoke geometry (the generic method test; keys the class has)
+    smoke_hparams: ClassVar[dict[str, Any]] = {}
+    # needs an FP model (pretrained on the proxy, or the target FP model for a method that searches on the target)
     needs_teacher: ClassVar[bool] = False
+    # which FP model the workflow passes as --teacher: "proxy" (pretrained on the proxy; its training is part of
+    # the method's cost) or "target" (the target FP start model every fine-tune uses: methods that start from the
+    # target-trained model, read with :meth:`SearchContext.load_target_fp`; no cost of its own)
+    teacher_from: ClassVar[Literal["proxy", "target"]] = "proxy"
     # Searches directly on the target dataset (the expensive conventional reference).
     searches_on_target: ClassVar[bool] = False
     # False for the controls, which choose a policy without running a network (0 MACs of search cost)
@@ -154,30 +260,10 @@ def register_method(name: str):
     return deco
 
 
-_PLUGINS_LOADED = False
-
-
-def load_plugins() -> None:
-    """Import the built-in methods and every module of the ``baselines`` package (once)."""
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    importlib.import_module("mpqbench.search.controls")
-    importlib.import_module("mpqbench.search.differentiable")
-    try:
-        import baselines
-    except ImportError:  # pragma: no cover - baselines ship with mpqbench
-        return
-    for info in pkgutil.iter_modules(baselines.__path__):
-        importlib.import_module(f"baselines.{info.name}")
-
-
 def get_method(name: str) -> type[Method]:
-    load_plugins()
+    """The registered method class (after :func:`mpqbench.plugins.discover`); unknown → UserError."""
     return METHODS.get(name)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
-    load_plugins()
     return METHODS.names(pattern)

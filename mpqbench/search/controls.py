@@ -21,6 +21,7 @@ class Uniform(Method):
 
     Hparams = NoHparams
     runs_network = iterative = False
+    role = "control"
 
     def search(self, ctx: SearchContext, hp: BaseModel) -> SearchOutcome:
         # A control runs no network: its search cost is the wall time of this choice, and 0 MACs.
@@ -48,6 +49,7 @@ class RandomPolicy(Method):
 
     Hparams = RandomHparams
     runs_network = iterative = False
+    role = "control"
 
     def search(self, ctx: SearchContext, hp: RandomHparams) -> SearchOutcome:
         rng = np.random.default_rng(ctx.seed)
@@ -80,6 +82,7 @@ class UniformPreference(Method):
 
     Hparams = NoHparams
     runs_network = iterative = False
+    role = "control"
 
     def search(self, ctx: SearchContext, hp: BaseModel) -> SearchOutcome:
         from mpqbench.search.extract import extract

@@ -43,7 +43,8 @@ from mpqbench.quant import arch_parameters, build_supernet, mixed_layers, quanti
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method, settle_point
 from mpqbench.search.extract import entropies, extract
 from mpqbench.train import autocast_for
-from mpqbench.utils import seed_everything, torch_save
+from mpqbench.errors import UserError
+from mpqbench.utils import seed_everything
 
 
 class DiffHparams(BaseModel):
@@ -84,6 +85,7 @@ class DifferentiableSearch(Method):
     """Host search with plain SGD on the weights — registered as ``edmips`` by ``baselines/edmips.py``."""
 
     Hparams = DiffHparams
+    smoke_hparams = {"epochs": 0.3, "batch_size": 64}
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def uses_asga(self, hp: BaseModel) -> bool:
@@ -169,11 +171,10 @@ class DifferentiableSearch(Method):
             return 0.1 ** sum(step >= m for m in milestones)
 
         base_lrs = [[g["lr"] for g in o.param_groups] for o in optimizers]
-        ckpt = ctx.work_dir / f"search-{self.name}.ckpt" if ctx.work_dir else None
         step, epoch = 0, 0
         history: list[dict[str, Any]] = []
-        if ckpt is not None and ckpt.exists():
-            state = torch.load(ckpt, weights_only=True)
+        state = ctx.resume_state()
+        if state is not None:
             supernet.load_state_dict(state["model"])
             for o, s in zip(optimizers, state["optimizers"]):
                 o.load_state_dict(s)
@@ -214,6 +215,10 @@ class DifferentiableSearch(Method):
                     else:
                         loss = closure()
                         opt_w.step()
+                    if not math.isfinite(float(loss)):
+                        raise UserError(f"the search loss is {float(loss)} at step {step + 1} of {total_steps}; the "
+                                        "search diverged — lower the learning rates (--hp lr_w=..., lr_alpha=...) "
+                                        "or check the hyper-parameters")
                     if opt_q is not None:
                         opt_q.step()
                     opt_a.step()
@@ -226,12 +231,17 @@ class DifferentiableSearch(Method):
                         rec.update(rho=opt_w.rho, gap=opt_w.last_gap, grad_norm=opt_w.last_grad_norm)
                     history.append(rec)
             epoch += 1
-            if ckpt is not None and step < total_steps:
-                torch_save({"model": supernet.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                            "step": step, "epoch": epoch, "meter": ctx.meter.state_dict(),
-                            "rng": torch.get_rng_state(), "history": json.dumps(history)}, ckpt)
+            if step < total_steps:
+                ctx.save_state({"model": supernet.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                                "step": step, "epoch": epoch, "meter": ctx.meter.state_dict(),
+                                "rng": torch.get_rng_state(), "history": json.dumps(history)})
         pbar.close()
 
+        bad = [n for n, layer in mixed_layers(supernet).items()
+               if not (torch.isfinite(layer.alpha_w).all() and torch.isfinite(layer.alpha_a).all())]
+        if bad:
+            raise UserError(f"the search's bit-width logits are not finite ({len(bad)} layers, e.g. {bad[0]}); the "
+                            "search diverged — lower the learning rates (--hp lr_w=..., lr_alpha=...)")
         prefs = {}
         for name, layer in mixed_layers(supernet).items():
             lw = torch.log_softmax(layer.alpha_w.detach().double(), 0).tolist()
@@ -241,8 +251,7 @@ class DifferentiableSearch(Method):
         raw_bitops_g = ctx.bitops_g(argmax_layers)
         layers, repaired = extract(prefs, ctx.target_macs, ctx.budget_bitops_g, mode=hp.extraction,
                                    floor=ctx.budget_floor, seed=ctx.seed, order=list(prefs))
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
+        ctx.clear_state()
         alpha_dump = {n: {"w": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_w.detach().softmax(0).tolist()],
                           "a": [round(v, 6) for v in mixed_layers(supernet)[n].alpha_a.detach().softmax(0).tolist()]}
                       for n in layers}
@@ -265,3 +274,4 @@ class Asga(DifferentiableSearch):
     """ASGA (ICML 2025) on the EdMIPS host: the weight step is :class:`mpqbench.optim.asga.ASGA`."""
 
     Hparams = AsgaHparams
+    role = "proposed"

@@ -22,7 +22,7 @@ from mpqbench.records import provenance
 from mpqbench.runs import FIXED_BITS, SearchRequest
 from mpqbench.search import SearchContext, get_method
 from mpqbench.search.repair import check_feasible, repair_to_budget
-from mpqbench.utils import resolve_device, seed_everything
+from mpqbench.utils import file_sha256, json_sha256, resolve_device, seed_everything
 
 
 def parse_hparams(method_cls, overrides: dict[str, Any]):
@@ -89,13 +89,22 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
     proxy_label = req.proxy_label or (f"{req.proxy}-subset" if req.proxy_subset else req.proxy)
 
     meter = SearchCostMeter(device)
+    # everything that determines the result: a search resumes only from a checkpoint of the same search
+    state_key = json_sha256({
+        "method": req.method, "label": req.label, "hparams": hp.model_dump(mode="json"), "arch": req.arch,
+        "budget": req.budget, "seed": req.seed, "proxy": req.proxy, "proxy_subset": req.proxy_subset,
+        "proxy_input_size": p_size, "target": req.target, "target_input_size": tgt_size, "width": req.width,
+        "w": sorted(req.w_candidates), "a": sorted(req.a_candidates), "budget_floor": req.budget_floor,
+        "precision": req.precision, "teacher": file_sha256(req.teacher) if req.teacher else None,
+        "data_root": req.data_root,
+    })
     ctx = SearchContext(
         arch=req.arch, proxy=proxy_label, proxy_train=proxy_train, num_classes=pinfo.num_classes,
         in_channels=pinfo.in_channels, input_size=p_size, width=req.width, target_macs=tgt_macs,
         searchable=searchable, fixed=fixed, budget_name=req.budget, budget_bitops_g=bitops_budget,
         w_candidates=sorted(req.w_candidates), a_candidates=sorted(req.a_candidates), seed=req.seed,
         device=device, meter=meter, teacher_ckpt=Path(req.teacher) if req.teacher else None, progress=req.progress,
-        work_dir=Path(req.work_dir) if req.work_dir else None,
+        work_dir=Path(req.work_dir) if req.work_dir else None, state_key=state_key, proxy_dataset=req.proxy,
         budget_floor=req.budget_floor, precision=req.precision,
     )
     from mpqbench.train import tune_malloc
@@ -107,8 +116,9 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
     wall_s = time.perf_counter() - t0
     teacher_cost = {"teacher_wall_s": 0.0, "teacher_macs": 0.0}
     # what training the FP *proxy* teacher cost, from the checkpoint the method read. A method that searches on the
-    # target (hawq-target) reads the target FP start model that every fine-tune shares: no extra cost of its own.
-    if method_cls.needs_teacher and not method_cls.searches_on_target:
+    # target FP start model (teacher_from "target": hawq-target, methods that start from the target-trained model)
+    # reads the model every fine-tune shares: no extra cost of its own.
+    if method_cls.needs_teacher and method_cls.teacher_from == "proxy":
         if ctx.teacher_meta is None:  # a method that needs the teacher but did not load it
             ctx.load_teacher()
         tmeta = ctx.teacher_meta
@@ -143,7 +153,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
                           repaired=outcome.repaired or repaired_now, settled_step=outcome.settled_step,
                           settled_macs=outcome.settled_macs, budget_floor=req.budget_floor,
                           extraction=outcome.extraction, length=req.length, curve=req.curve,
-                          precision=req.precision, entropy=outcome.entropy, trace=outcome.trace, **teacher_cost),
+                          precision=req.precision, role=req.role or method_cls.role, entropy=outcome.entropy, trace=outcome.trace, **teacher_cost),
         provenance={**provenance(device), "search_extra": {k: v for k, v in outcome.extra.items() if k != "history"},
                     "history": outcome.extra.get("history", [])},
     )

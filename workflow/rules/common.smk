@@ -3,18 +3,22 @@
 import os
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from mpqbench.config import load_suite
 from mpqbench.errors import UserError
+from mpqbench.plugins import resolve_suite
 from mpqbench import runs
 
 _CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 try:
     # pydantic first: one readable line per problem, cross-references included
     SUITE = load_suite(config, source=_CONFIG_SOURCE)
+    # then against the method registry: methods, hyper-parameters, budgets; teacher and role from each method
+    SUITE = resolve_suite(SUITE, source=_CONFIG_SOURCE)
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 # then the committed JSON Schema (the same model, exported), as the workflow catalog expects
@@ -91,3 +95,37 @@ def evaluate_args(wildcards):
 # --set-resources and cluster profiles understand); each rule reads its entry here.
 THREADS = {rule: getattr(SUITE.resources, rule).threads for rule in runs.RULES}
 RESOURCES = {rule: getattr(SUITE.resources, rule).model_dump(exclude={"threads"}) for rule in runs.RULES}
+
+
+# Snakemake removes a job's outputs before it runs and after it fails. The aggregates (leaderboard.csv,
+# summary.json, jobs.tsv, figures/) are committed results: a copy is taken when the workflow starts and put
+# back by the error handler when a failed aggregate or figures job left them missing.
+AGGREGATE_BACKUP = f"{LAYOUT.work}/aggregates-backup"
+
+
+def backup_aggregates():
+    import shutil
+
+    shutil.rmtree(AGGREGATE_BACKUP, ignore_errors=True)
+    for kind, path in AGGREGATES.items():
+        dest = os.path.join(AGGREGATE_BACKUP, kind)
+        if os.path.isdir(path):
+            shutil.copytree(path, dest)
+        elif os.path.isfile(path):
+            os.makedirs(AGGREGATE_BACKUP, exist_ok=True)
+            shutil.copy2(path, dest)
+
+
+def restore_aggregates():
+    import shutil
+
+    for kind, path in AGGREGATES.items():
+        src = os.path.join(AGGREGATE_BACKUP, kind)
+        if os.path.exists(path) or not os.path.exists(src):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, path)
+        else:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            shutil.copy2(src, path)
+        print(f"restored {path} from before this run (the job that writes it failed)", file=sys.stderr)
