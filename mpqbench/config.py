@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -28,6 +29,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # Names that become path components and Snakemake wildcard values.
 _LABEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 _BUDGET_PATTERN = r"^w[0-9]+(\.[0-9]+)?a[0-9]+(\.[0-9]+)?$"
+_DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 LABEL_MAX = 64
 Label = Annotated[str, StringConstraints(pattern=_LABEL_PATTERN, max_length=LABEL_MAX)]
 
@@ -183,7 +185,8 @@ class SuiteConfig(_Strict):
     suite: Label = Field(description="suite name; records go to <results_dir>/runs/<suite>/")
     description: str = ""
     anchors: dict[str, Any] = Field(default_factory=dict, description="YAML anchors (&name) reused elsewhere in the file; not read otherwise")
-    device: str = Field("auto", description="--device of every job: auto, cpu, cuda, cuda:1, ...")
+    device: Annotated[str, StringConstraints(pattern=_DEVICE_PATTERN)] = Field(
+        "auto", description="--device of every job: auto, cpu, mps, cuda, cuda:1, ...")
     data_root: str | None = Field(None, description="default dataset root; null = mpqbench's default")
     results_dir: str = Field(RESULTS_DIR, description="committed records, leaderboard.csv, summary.json, figures/")
     work_dir: str = Field(WORK_DIR, description="git-ignored intermediates (checkpoints, policies) go to <work_dir>/<suite>/")
@@ -300,6 +303,7 @@ class SuiteConfig(_Strict):
 _PATTERN_HINTS = {
     _LABEL_PATTERN: " (a name: lowercase letters, digits, '.', '_' and '-')",
     _BUDGET_PATTERN: " (a uniform reference such as w3a3 or w2.5a2.5)",
+    _DEVICE_PATTERN: " (auto, cpu, mps, cuda or cuda:N)",
 }
 
 
@@ -325,6 +329,36 @@ def load_suite(data: dict[str, Any], *, source: str = "config") -> SuiteConfig:
         return SuiteConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source} is malformed:\n{format_errors(exc)}") from None
+
+
+def read_suite_file(path: str | Path) -> dict[str, Any]:
+    """A suite file parsed as YAML, refusing what a plain YAML load would silently accept: a key given twice in
+    one mapping (the last value would win) → :class:`UserError` naming the key and the line."""
+    import yaml
+
+    class _Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise UserError(f"{path}: the key {key!r} is given twice in one mapping (lines {seen[key] + 1} and "
+                                f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_Strict)  # noqa: S506 - a SafeLoader subclass
+    except OSError as exc:
+        raise UserError(f"cannot read the suite file {path} ({exc.strerror}); check the path") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the file") from None
 
 
 def json_schema() -> dict[str, Any]:

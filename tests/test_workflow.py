@@ -242,6 +242,39 @@ def test_malformed_config_fails_with_a_clear_message(tmp_path):
     assert "finetune.epocs: unknown key (typo?)" in err
 
 
+BAD_SUITES = {
+    "unregistered method": (lambda c: c["methods"].update(x={"method": "uniformm"}),
+                            "methods.x.method: unknown method 'uniformm'"),
+    "unknown hparam": (lambda c: c["methods"]["asga"].setdefault("hparams", {}).update(adaptive_rhoo=False),
+                       "methods.asga.hparams.adaptive_rhoo"),
+    "teacher contradicts": (lambda c: c["methods"]["gmpq"].update(teacher=False),
+                            "methods.gmpq.teacher: False contradicts gmpq"),
+    "infeasible w1a1": (lambda c: c.update(budgets=["w3a3", "w1a1"]), "budgets: w1a1 is below the cheapest policy"),
+    "infeasible w0a0": (lambda c: c.update(budgets=["w3a3", "w0a0"]), "budgets: w0a0 is below the cheapest policy"),
+    "device tpu9": (lambda c: c.update(device="tpu9"), "device: String should match pattern"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SUITES))
+def test_config_errors_stop_the_dry_run(case, tmp_path):
+    """A suite that cannot run stops `snakemake -n` (before any job) with one readable line per problem."""
+    copy_tree(tmp_path)
+    cfg = yaml.safe_load((tmp_path / SUITES["smoke"]).read_text())
+    edit, expected = BAD_SUITES[case]
+    edit(cfg)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "all", "-n", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0 and expected in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_a_key_given_twice_stops_the_dry_run(tmp_path):
+    copy_tree(tmp_path)
+    text = (tmp_path / SUITES["smoke"]).read_text()
+    (tmp_path / "bad.yaml").write_text(text + "\nseeds: [0, 1]\n")  # YAML would silently keep the last one
+    proc = snakemake(tmp_path, "all", "-n", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0 and "the key 'seeds' is given twice in one mapping" in proc.stdout + proc.stderr
+
+
 def test_missing_dataset_stops_the_run_with_how_to_get_it(tmp_path):
     copy_tree(tmp_path)
     env = stub_env(tmp_path, STUB_MISSING="fashion-mnist")

@@ -8,13 +8,15 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from mpqbench.config import load_suite
+from mpqbench.config import load_suite, read_suite_file
 from mpqbench.errors import UserError
 from mpqbench.plugins import resolve_suite
 from mpqbench import runs
 
 _CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
 try:
+    for _file in workflow.configfiles:  # what a plain YAML load hides: a key given twice
+        read_suite_file(_file)
     # pydantic first: one readable line per problem, cross-references included
     SUITE = load_suite(config, source=_CONFIG_SOURCE)
     # then against the method registry: methods, hyper-parameters, budgets; teacher and role from each method
