@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mpqbench.errors import UserError
-from mpqbench.runs import DEFAULT_CANDIDATES, FIXED_BITS, Role
+from mpqbench.runs import DEFAULT_CANDIDATES, Role
 from mpqbench.utils import write_json
 
 if TYPE_CHECKING:  # torch is not needed to read, write or check a policy file
