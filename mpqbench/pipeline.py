@@ -18,8 +18,8 @@ from mpqbench.data import dataset_info, load_split, make_loader, subset as take_
 from mpqbench.errors import UserError
 from mpqbench.models import get_model
 from mpqbench.policy import Policy
-from mpqbench.records import RunRecord, env_info, git_info, record_relpath, run_id, utc_now
-from mpqbench.runs import FIXED_BITS
+from mpqbench.records import RunRecord, env_info, git_info, run_id, utc_now
+from mpqbench.runs import AGGREGATE_FILES, EVAL_BATCH_SIZE, FIXED_BITS, Layout
 from mpqbench.train import TrainConfig, evaluate, make_run_key, read_resume, train
 from mpqbench.utils import (check_writable, check_writable_dir, file_sha256, json_sha256, seed_everything, torch_save,
                             write_json)
@@ -307,7 +307,7 @@ def _check_ckpt_policy(ft: dict[str, Any], policy: Policy, ckpt_path: Path, poli
 
 # ---- evaluate → run record ------------------------------------------------------------------------------------
 def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: str, data_root: str | None,
-                 suite: str, out: Path, device: str = "auto", batch_size: int = 512,
+                 suite: str, out: Path, device: str = "auto", batch_size: int = EVAL_BATCH_SIZE,
                  precision: str = "fp32") -> dict[str, Any]:
     """Evaluate the fine-tuned model on the target test split and write its run record.
 
@@ -374,9 +374,9 @@ def evaluate_run(*, ckpt_path: Path, policy_path: Path, fp_path: Path, dataset: 
                     "policy_git_commit": policy.provenance.get("git_commit"),
                     "precision": {"finetune": ft.get("precision", "fp32"), "evaluate": precision},
                     "resolved": resolved,
-                    "record_path": str(record_relpath(suite=suite, arch=policy.arch, budget=policy.budget.name,
-                                                      method=policy.method, proxy=policy.search.proxy,
-                                                      target=dataset, seed=policy.search.seed))},
+                    "record_path": Layout(suite=suite, target=dataset).record_in_results.format(
+                        arch=policy.arch, budget=policy.budget.name, method=policy.method, proxy=policy.search.proxy,
+                        seed=policy.search.seed)},
     )
     data = record.model_dump(mode="json")
     write_json(out, data)
@@ -409,15 +409,15 @@ def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir:
     from mpqbench import board as lb
 
     check_writable_dir(out_dir, "--out-dir")
-    for name in ("leaderboard.csv", "summary.json", "jobs.tsv"):
+    for name in (AGGREGATE_FILES[k] for k in ("leaderboard", "summary", "jobs")):
         check_writable(Path(out_dir) / name, "--out-dir file")
     if figures:
         check_writable_dir(Path(out_dir) / "figures", "--out-dir figures folder")
     records = _load_records(runs_dir)
     df = lb.records_to_frame(records)
-    lb.write_leaderboard_csv(df, out_dir / "leaderboard.csv")
+    lb.write_leaderboard_csv(df, out_dir / AGGREGATE_FILES["leaderboard"])
     summary = lb.summary(df)
-    jobs_path = out_dir / "jobs.tsv"
+    jobs_path = out_dir / AGGREGATE_FILES["jobs"]
     frame = None
     if bench_dir is not None:
         if not Path(bench_dir).is_dir():
@@ -429,7 +429,7 @@ def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir:
         frame = jobs.read_jobs_tsv(jobs_path)
     if frame is not None:
         summary["suite_cost"] = jobs.suite_cost(frame)
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / AGGREGATE_FILES["summary"], summary)
     if figures:
         make_figures(runs_dir=runs_dir, out_dir=out_dir / "figures", records=records)
     return {"records": len(records), "jobs": None if frame is None else len(frame)}

@@ -212,10 +212,6 @@ def run_id(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def record_relpath(*, suite: str, arch: str, budget: str, method: str, proxy: str, target: str, seed: int) -> Path:
-    return Path("runs") / suite / arch / budget / method / f"{proxy}-to-{target}-s{seed}.json"
-
-
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit and dirty flag of the checkout that ran the code (``unknown`` outside git)."""
     try:

@@ -38,6 +38,8 @@ PRECISIONS = ("fp32", "bf16")
 Role = Literal["proposed", "ablation", "baseline", "control"]
 ROLES: tuple[str, ...] = get_args(Role)
 RESULTS_DIR, WORK_DIR, LOG_DIR = "results", "work", "logs"  # a suite's folders unless its file says otherwise
+# the derived files of a results folder (aggregate and figures write them; the app and DVC read them)
+AGGREGATE_FILES = {"leaderboard": "leaderboard.csv", "summary": "summary.json", "jobs": "jobs.tsv", "figures": "figures"}
 CONFIG_DIR = "config"  # suite files; config/config.yaml is the default suite
 DEFAULT_CONFIGFILE = "config/config.yaml"
 RULES = ("check_data", "pretrain_target", "pretrain_proxy", "search", "finetune", "evaluate", "aggregate", "figures")
@@ -85,6 +87,11 @@ class Layout:
         """One grid cell: method label × arch × budget × proxy label × seed (the target is fixed per suite)."""
         return f"{{arch}}/{{budget}}/{{method}}/{{proxy}}-to-{self.target}-s{{seed}}"
 
+    @property
+    def record_in_results(self) -> str:
+        """A record's path below ``results_dir`` (the part every suite sharing a results folder has in common)."""
+        return f"runs/{self.suite}/{self.cell}.json"
+
     def pattern(self, kind: str) -> str:
         cell, work = self.cell, self.work
         patterns = {
@@ -94,11 +101,8 @@ class Layout:
             "policy": f"{work}/policies/{cell}.json",
             "search_state": f"{work}/search-state/{cell}",
             "qat": f"{work}/qat/{cell}.pt",
-            "record": f"{self.runs_dir}/{self.suite}/{cell}.json",
-            "leaderboard": f"{self.results_dir}/leaderboard.csv",
-            "summary": f"{self.results_dir}/summary.json",
-            "jobs": f"{self.results_dir}/jobs.tsv",
-            "figures": f"{self.results_dir}/figures",
+            "record": f"{self.results_dir}/{self.record_in_results}",
+            **{kind: f"{self.results_dir}/{name}" for kind, name in AGGREGATE_FILES.items()},
         }
         try:
             return patterns[kind]

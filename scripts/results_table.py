@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from mpqbench import board as lb
+from mpqbench import runs
 
 
 def _num(v, fmt: str, scale: float = 1.0) -> str:
@@ -89,7 +90,7 @@ def gains_table(csv: Path) -> str:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "results/leaderboard.csv")
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else runs.Layout(suite="default", target="").pattern("leaderboard"))
     print(table(path))
     gains = gains_table(path)
     if gains:

@@ -388,7 +388,8 @@ def test_complexity_of_policy_file_matches_its_achieved_cost(inputs, capsys):
 @pytest.mark.slow
 def test_end_to_end_pretrain_search_finetune_evaluate_aggregate(tmp_path, capsys):
     from mpqbench.board import read_leaderboard_csv
-    from mpqbench.records import RunRecord, record_relpath
+    from mpqbench.records import RunRecord
+    from mpqbench.runs import Layout
 
     common = ["--device", "cpu", "--no-progress"]
     size = ["--width", str(WIDTH)]
@@ -421,9 +422,8 @@ def test_end_to_end_pretrain_search_finetune_evaluate_aggregate(tmp_path, capsys
         assert rc == 0, err
         assert q.is_file()
 
-        rel = record_relpath(suite="smoke", arch=ARCH, budget="w3a3", method=method, proxy="digits-subset",
-                             target="fashion-mnist", seed=0)
-        out = tmp_path / "results" / rel
+        out = tmp_path / Layout(suite="smoke", target="fashion-mnist", results_dir="results").path(
+            "record", arch=ARCH, budget="w3a3", method=method, proxy="digits-subset", seed=0)
         rc, stdout, err = run_cli(capsys, ["evaluate", *common, "--ckpt", q, "--policy", policy, "--fp", fp,
                                            "--dataset", "fashion-mnist", "--suite", "smoke", "--out", out])
         assert rc == 0, err

@@ -290,7 +290,7 @@ class Results:
 def results_fingerprint(results_dir: str | os.PathLike) -> tuple:
     """A cheap cache key that changes when any results file is added, removed or modified."""
     results_dir = Path(results_dir)
-    files = sorted(results_dir.glob("runs/**/*.json")) + [results_dir / "leaderboard.csv"]
+    files = sorted(results_dir.glob("runs/**/*.json")) + [results_dir / runs.AGGREGATE_FILES["leaderboard"]]
     return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.is_file())
 
 
@@ -309,7 +309,7 @@ def load_results(results_dir: str | os.PathLike) -> Results:
     if records:
         return Results(records_to_frame(records), {r["run_id"]: r for r in records}, problems,
                        source=str(runs_dir))
-    csv = results_dir / "leaderboard.csv"
+    csv = results_dir / runs.AGGREGATE_FILES["leaderboard"]
     if csv.is_file():
         try:
             frame = read_leaderboard_csv(csv)
