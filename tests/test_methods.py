@@ -89,7 +89,7 @@ def test_method_contract(method, tmp_path, teacher):
     else:
         assert policy.search.macs_processed > 0
     assert policy.search.hparams["method"] == method
-    if cls.needs_teacher and not cls.searches_on_target:  # the proxy teacher's training, from its checkpoint
+    if cls.needs_teacher and cls.teacher_from == "proxy":  # the proxy teacher's training, from its checkpoint
         meta = torch.load(teacher(PROXY), weights_only=True)["meta"]
         assert (policy.search.teacher_macs, policy.search.teacher_wall_s) == (meta["macs_processed"], meta["wall_s"])
         assert policy.search.teacher_macs > 0
