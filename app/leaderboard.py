@@ -23,8 +23,9 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.views import (COST_LABELS, GAIN_COLS, NONE, TMAC, cost_chart, curves_chart, entry_label,  # noqa: E402
-                       equal_table, fmt_gain, gains_table, md, tied_text, trace_chart, tradeoff_chart)
+from app.views import (COST_LABELS, GAIN_COLS, NO_SEARCH, NONE, TMAC, cite_bibtex, cost_chart,  # noqa: E402
+                       curves_chart, entry_label, equal_table, fmt_gain_vs, gains_table, md, tied_text, trace_chart,
+                       tradeoff_chart)
 from mpqbench import board as lb  # noqa: E402
 from mpqbench.errors import UserError  # noqa: E402
 
@@ -211,9 +212,11 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, equal: list[dict], budge
     for start in range(0, len(items), 4):
         cols = st.columns(4)
         for col, g in zip(cols, items[start:start + 4]):
-            col.metric(f"vs {entry_label(g.baseline, g.baseline_proxy)}", fmt_gain(getattr(g, gain_col)),
+            col.metric(f"vs {entry_label(g.baseline, g.baseline_proxy)}",
+                       fmt_gain_vs(getattr(g, gain_col), g.baseline_search_macs_processed),
                        delta=f"{g.top1_diff_pp:+.2f} pp top-1", border=True,
-                       help=f"{g.baseline_role}; n/a = ASGA's search cost is zero or missing")
+                       help=f"{g.baseline_role}; {NO_SEARCH} = a control that does not search (0 MACs), so there is "
+                            "no search cost to compare; n/a = ASGA's search cost is zero or missing")
 
 
 def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
@@ -511,10 +514,27 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
                        f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_runs.csv", "text/csv")
     c2.download_button("Download ranking (CSV)", lb.csv_bytes(table),
                        f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_ranking.csv", "text/csv")
-    with st.expander("Cite this view"):
-        commits = ", ".join(sorted(set(runs["git_commit"].dropna().str[:12]))) or "unknown"
-        st.code(f"mpqbench leaderboard, suite {f['suite']}, {f['arch']} on {f['target']} at {f['budget']}; "
-                f"code commit(s) {commits}; view ?{f['query']}", language=None, wrap_lines=True)
+    cite_section(runs, ranked, f)
+
+
+def cite_section(runs: pd.DataFrame, ranked: pd.DataFrame, f: dict) -> None:
+    """The "Cite" button: BibTeX for mpqbench at the exact commit of the runs in view plus the chosen method's own
+    reference (default: the entry open in the policy view, else the best entry), and this view's line."""
+    commits = sorted(set(runs["git_commit"].dropna().astype(str)))
+    dirty = bool(runs["git_dirty"].fillna(False).astype(bool).any())
+    bases = runs.groupby("method")["base_method"].first()
+    methods = list(dict.fromkeys(ranked["method"]))
+    if not methods:
+        return
+    detail = st.session_state.get("detail")
+    default = detail.rsplit(" @ ", 1)[0] if isinstance(detail, str) and " @ " in detail else methods[0]
+    with st.popover("Cite", help="BibTeX for mpqbench at the commit of these runs, and the method's own paper"):
+        _sync("cite_method", methods, multi=False, default=default if default in methods else methods[0])
+        method = st.selectbox("Method", methods, key="cite_method")
+        st.code(cite_bibtex(commits, [(method, bases.get(method))], dirty=dirty), language="latex")
+        st.caption(f"mpqbench leaderboard, suite {md(f['suite'])}, {md(f['arch'])} on {md(f['target'])} at "
+                   f"{md(f['budget'])}; code commit(s) {md(', '.join(c[:12] for c in commits) or 'unknown')}; "
+                   f"view `?{f['query']}`")
 
 
 def main() -> None:

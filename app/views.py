@@ -12,11 +12,14 @@ import altair as alt
 import pandas as pd
 
 from mpqbench import board as lb
+from mpqbench.board import palette
+from mpqbench.board import references as refs
 
 COST_LABELS = {"macs": "MACs processed", "macs_teacher": "MACs incl. proxy teacher", "wall_s": "wall seconds"}
 GAIN_COLS = {"macs": "gain_macs", "macs_teacher": "gain_macs_with_teacher", "wall_s": "gain_wall_s"}
 TMAC = 1e12
 NONE = "—"
+NO_SEARCH = "n/a (no search)"  # a gain over a control that does not search (0 MACs): undefined, not -100 %
 
 
 def entry_label(method: str, proxy: str) -> str:
@@ -25,6 +28,30 @@ def entry_label(method: str, proxy: str) -> str:
 
 def fmt_gain(gain: float) -> str:
     return "n/a" if pd.isna(gain) else f"{gain:+.0%}"
+
+
+def searches(cost: float) -> bool:
+    """False for an entry whose search processed no MACs (the controls uniform, random, uniform-p)."""
+    return not pd.isna(cost) and float(cost) > 0
+
+
+def fmt_gain_vs(gain: float, baseline_macs: float) -> str:
+    """A fixed-length gain over a baseline; over a zero-cost control it is not a number of any meaning."""
+    return fmt_gain(gain) if searches(baseline_macs) else NO_SEARCH
+
+
+def method_colour(data: pd.DataFrame, field: str = "method", title: str = "Method") -> alt.Color:
+    """The fixed colour of each method (the figures' and the static page's, :mod:`mpqbench.board.palette`)."""
+    return alt.Color(f"{field}:N", title=title, scale=alt.Scale(**palette.altair_scale(sorted(set(data[field])))))
+
+
+def cite_bibtex(commits: list[str], methods: list[tuple[str, str | None]], dirty: bool = False) -> str:
+    """BibTeX for the software at the exact commit(s) of the runs in view, then each method's own reference."""
+    commit = ", ".join(commits) if commits else None
+    text = refs.software_bibtex(f"{commit} (with uncommitted changes)" if commit and dirty else commit,
+                                key=refs.software_key(commits[0] if len(commits) == 1 else None))
+    keys = [k for m, b in methods for k in refs.cite_keys(m, b)]
+    return text + ("\n" + refs.bibtex(keys) if keys else "")
 
 
 def md(text: object) -> str:
@@ -57,9 +84,10 @@ def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> 
                alt.Tooltip("bitops_g_all:Q", title="BitOPs (G)", format=".4g"),
                alt.Tooltip("size_mb:Q", title="size (MB)", format=".3f"), alt.Tooltip("pareto:N", title="Pareto")]
     base = alt.Chart(data)
-    bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=alt.Color("method:N", title="Method"))
+    colour = method_colour(data)
+    bars = base.mark_rule(opacity=0.5).encode(x=x, y="lo:Q", y2="hi:Q", color=colour)
     points = base.mark_point(filled=True, size=90).encode(
-        x=x, y=y, color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
+        x=x, y=y, color=colour, shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
         opacity=alt.condition("datum.selected", alt.value(1.0), alt.value(0.35)), tooltip=tooltip)
     front = base.transform_filter("datum.pareto").mark_line(interpolate="step-after", color="black",
                                                             strokeDash=[4, 3]).encode(x=x, y=y)
@@ -88,13 +116,14 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
     title = {"macs": "Search cost (TMAC, log)", "macs_teacher": "Search + proxy-teacher cost (TMAC, log)",
              "wall_s": "Search wall time (s, log)"}[cost]
     data = data.assign(lo=data["top1_mean"] - data["top1_ci"].fillna(0), hi=data["top1_mean"] + data["top1_ci"].fillna(0))
+    colour = method_colour(data)
     bars = alt.Chart(data).mark_rule(opacity=0.5).encode(
         x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)), y="lo:Q", y2="hi:Q",
-        color=alt.Color("method:N", title="Method"))
+        color=colour)
     chart = alt.Chart(data).mark_point(filled=True, size=90).encode(
         x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)),
         y=alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14)),
-        color=alt.Color("method:N", title="Method"), shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
+        color=colour, shape=alt.Shape("proxy:N", title="Proxy", legend=alt.Legend(orient="bottom")),
         tooltip=[alt.Tooltip("entry:N", title="method @ proxy"),
                  alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
                  alt.Tooltip("top1_ci:Q", title="± CI (pp)", format=".2f"),
@@ -116,7 +145,7 @@ def curves_chart(points: pd.DataFrame, budget: str) -> alt.Chart | None:
                        hi=data["top1_mean"] + data["top1_ci"].fillna(0))
     x = alt.X("tmac:Q", title="Search cost (TMAC, log)", scale=alt.Scale(type="log", padding=14))
     y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14))
-    color = alt.Color("curve_label:N", title="Curve (method @ proxy)")
+    color = method_colour(data, "curve", "Curve (method searched at several lengths)")
     tooltip = [alt.Tooltip("method:N", title="entry"), alt.Tooltip("length:Q", title="search length (x default)"),
                alt.Tooltip("top1_mean:Q", title="top-1 (%)", format=".2f"),
                alt.Tooltip("top1_ci:Q", title="± 95% CI (pp)", format=".2f"), alt.Tooltip("n_seeds:Q", title="seeds"),
@@ -124,7 +153,8 @@ def curves_chart(points: pd.DataFrame, budget: str) -> alt.Chart | None:
                alt.Tooltip("wall_s:Q", title="search wall (s)", format=".1f")]
     base = alt.Chart(data)
     line = base.mark_line(point=alt.OverlayMarkDef(filled=True, size=70)).encode(
-        x=x, y=y, color=color, detail="curve_label:N", order="tmac:Q", tooltip=tooltip)
+        x=x, y=y, color=color, detail="curve_label:N", order="tmac:Q", tooltip=[alt.Tooltip("curve_label:N",
+                                                                                            title="curve"), *tooltip])
     bars = base.mark_rule(opacity=0.6).encode(x=x, y="lo:Q", y2="hi:Q", color=color)
     return (bars + line).properties(
         height=380, title=f"Accuracy vs search cost at several search lengths, {budget} (mean ± 95 % CI)").interactive()
@@ -169,13 +199,21 @@ def equal_table(equal: list[dict]) -> pd.DataFrame:
 
 
 def gains_table(gains: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-length gains, in percent; over a control that does not search (0 MACs) every gain is left
+    empty and the note says so (the ratio would read -100 %, a number without meaning)."""
+    real = gains["baseline_search_macs_processed"].astype("float64") > 0
+
+    def pct(col: str) -> pd.Series:
+        return (gains[col].astype("float64") * 100).where(real)
+
     return pd.DataFrame({
         "Method": gains["method"], "Proxy": gains["proxy"],
         "Baseline": gains["baseline"], "Baseline proxy": gains["baseline_proxy"],
         "Baseline role": gains["baseline_role"],
-        "Efficiency gain, MACs (%)": gains["gain_macs"] * 100,
-        "Efficiency gain, MACs incl. teacher (%)": gains["gain_macs_with_teacher"] * 100,
-        "Efficiency gain, MACs to settle (%)": gains["gain_macs_to_settle"] * 100,
-        "Efficiency gain, wall (%)": gains["gain_wall_s"] * 100,
+        "Efficiency gain, MACs (%)": pct("gain_macs"),
+        "Efficiency gain, MACs incl. teacher (%)": pct("gain_macs_with_teacher"),
+        "Efficiency gain, MACs to settle (%)": pct("gain_macs_to_settle"),
+        "Efficiency gain, wall (%)": pct("gain_wall_s"),
         "Top-1 difference (pp)": gains["top1_diff_pp"],
+        "Note": ["" if r else NO_SEARCH for r in real],
     })

@@ -1,4 +1,4 @@
-"""``mpqbench`` command line: info, complexity, pretrain, search, finetune, evaluate, aggregate, figures.
+"""``mpqbench`` command line: info, complexity, pretrain, search, finetune, evaluate, aggregate, export, figures.
 
 Every error a user can cause ends in one line ``error: <what is wrong; what to do>`` on stderr and
 exit status 2, without a traceback; outputs are written atomically, so a failed command leaves no
@@ -315,6 +315,19 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpqbench.board.export import EXPORT_KINDS, write_export
+
+    out_dir = args.out_dir or args.results
+    _check_first(args, dirs=((out_dir, "--out-dir"),))
+    if not Path(args.results).is_dir():
+        raise UserError(f"--results {args.results} is not a folder; pass a results folder (leaderboard.csv, "
+                        "summary.json, runs/)")
+    paths = write_export(args.results, out_dir, kinds=EXPORT_KINDS, html=not args.no_html)
+    print(f"exported {', '.join(p.name for p in paths)} -> {out_dir}")
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------------------
 class _OneLineParser(argparse.ArgumentParser):
     """Command-syntax errors end like every other user error: one line, exit status 2."""
@@ -378,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp", type=_hparam, action="append", metavar="KEY=VALUE", help="method hyper-parameter")
     p.add_argument("--epochs", type=_above_zero, default=None, help="search epochs, for methods that train (same as --hp epochs=)")
     p.add_argument("--batch-size", type=_positive, default=None, help="search batch size, for methods that have one")
-    p.add_argument("--teacher", default=None, help="FP checkpoint pretrained on the proxy (GMPQ)")
+    p.add_argument("--teacher", default=None, help="the FP model a method reads: pretrained on the proxy (GMPQ, HAWQ), or "
+                   "the target FP start model for methods with teacher_from='target' (hawq-target, SEAM, LIMPQ, ...)")
     p.add_argument("--work-dir", default=None, help="folder for a resumable search checkpoint")
     p.add_argument("--budget-floor", type=_fraction, default=DEFAULT_BUDGET_FLOOR,
                    help=f"budget window [floor, 1] x budget that methods aim at (default {DEFAULT_BUDGET_FLOOR})")
@@ -424,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-dir", default=None, help="the workflow's benchmark folder (logs/benchmarks/<suite>): "
                    "write jobs.tsv and the suite's cost into summary.json (default: reuse <out-dir>/jobs.tsv)")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("export", help="write the leaderboard as LaTeX/Markdown/CSV tables, their BibTeX, DVC's "
+                       "headline metrics and the static leaderboard.html from a results folder")
+    p.add_argument("--results", default=_DEFAULTS.results_dir, help="results folder (leaderboard.csv, summary.json)")
+    p.add_argument("--out-dir", default=None, help="where to write (default: the results folder)")
+    p.add_argument("--no-html", action="store_true", help="leave out leaderboard.html (needs altair and "
+                   "vl-convert-python)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("figures", help="draw results/figures/*.png from run records")
     p.add_argument("--runs", default=_DEFAULTS.runs_dir)

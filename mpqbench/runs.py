@@ -39,7 +39,12 @@ Role = Literal["proposed", "ablation", "baseline", "control"]
 ROLES: tuple[str, ...] = get_args(Role)
 RESULTS_DIR, WORK_DIR, LOG_DIR = "results", "work", "logs"  # a suite's folders unless its file says otherwise
 # the derived files of a results folder (aggregate and figures write them; the app and DVC read them)
-AGGREGATE_FILES = {"leaderboard": "leaderboard.csv", "summary": "summary.json", "jobs": "jobs.tsv", "figures": "figures"}
+AGGREGATE_FILES = {"leaderboard": "leaderboard.csv", "summary": "summary.json", "jobs": "jobs.tsv", "figures": "figures",
+                   # `mpqbench export` (the workflow's aggregate stage): paper tables, their BibTeX, DVC's headline
+                   # metrics and the static leaderboard page
+                   "table_tex": "leaderboard.tex", "table_md": "leaderboard.md", "table_csv": "leaderboard_entries.csv",
+                   "bib": "references.bib", "metrics": "metrics.json", "html": "leaderboard.html"}
+EXPORT_FILES = ("table_tex", "table_md", "table_csv", "bib", "metrics", "html")  # the AGGREGATE_FILES export writes
 CONFIG_DIR = "config"  # suite files; config/config.yaml is the default suite
 DEFAULT_CONFIGFILE = "config/config.yaml"
 RULES = ("check_data", "pretrain_target", "pretrain_proxy", "search", "finetune", "evaluate", "aggregate", "figures")

@@ -1,6 +1,16 @@
-"""Print the README's results tables (markdown) from results/leaderboard.csv.
+"""The results README's tables.
 
-    python scripts/results_table.py [results/leaderboard.csv]
+    python scripts/results_table.py [results]                 # the generated table block (= `mpqbench export`'s
+                                                              #   leaderboard.md), printed
+    python scripts/results_table.py [results] --write-readme  # ... and written between the markers of
+                                                              #   results/README.md (a test compares the two)
+    python scripts/results_table.py results/leaderboard.csv   # the detailed tables below, printed
+
+The block is :func:`mpqbench.board.export.render_markdown` of the results folder: one table per (suite, arch,
+target, budget) with rank, top-1 mean ± 95 % CI (n seeds), ties with the best, BitOPs and budget used, size,
+search cost and the gains over the reference, and the reference of each method.
+
+The detailed tables (:func:`table`, :func:`gains_table`), from a leaderboard CSV:
 
 First table: one row per entry (method @ proxy at the suite's default search length), by budget (largest
 first) then mean top-1 (best first): mean top-1 ± the half-width of its 95 % Student-t interval over the
@@ -89,10 +99,42 @@ def gains_table(csv: Path) -> str:
     return "\n".join(lines)
 
 
+def readme_block(results_dir: Path) -> str:
+    """The results README's generated table block: ``mpqbench export``'s Markdown of ``results_dir``."""
+    from mpqbench.board import export
+
+    return export.render_markdown(export.load(results_dir))
+
+
+def write_readme(results_dir: Path, readme: Path) -> bool:
+    """Replace the generated block of ``readme``; True when it changed."""
+    from mpqbench.board import export
+
+    text = readme.read_text()
+    new = export.replace_readme_block(text, readme_block(results_dir))
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if a != "--write-readme"]
+    default = runs.Layout(suite="default", target="").results_dir
+    path = Path(args[0] if args else default)
+    if path.suffix == ".csv":  # the detailed tables of a leaderboard CSV
+        print(table(path))
+        gains = gains_table(path)
+        if gains:
+            print()
+            print(gains)
+        return 0
+    if "--write-readme" in argv:
+        changed = write_readme(path, path / "README.md")
+        print(f"{path / 'README.md'}: {'table block updated' if changed else 'table block already up to date'}")
+        return 0
+    print(readme_block(path), end="")
+    return 0
+
+
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else runs.Layout(suite="default", target="").pattern("leaderboard"))
-    print(table(path))
-    gains = gains_table(path)
-    if gains:
-        print()
-        print(gains)
+    raise SystemExit(main(sys.argv[1:]))

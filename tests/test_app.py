@@ -103,8 +103,53 @@ def test_cost_measure_switches_to_wall_seconds(small):
     small.radio(key="asga_proxy").set_value("digits").run()
     small.sidebar.radio(key="cost").set_value("wall_s").run()
     m = metrics(small)
-    assert m["vs random @ digits"][0] == "-100%"  # 0.1 s / 100 s - 1 = -99.9 %
+    # random does not search (0 MACs): its 0.1 s of wall time would read "-100%" (0.1 s / 100 s - 1), a gain
+    # without meaning; it is shown as no search in every cost measure
+    assert m["vs random @ digits"][0] == "n/a (no search)"
+    assert m["vs edmips @ digits"][0] == "-50%"
     assert qp(small, "cost") == ["wall_s"]
+
+
+def test_gains_against_zero_cost_controls_say_no_search(small):
+    small.radio(key="asga_proxy").set_value("digits").run()
+    m = metrics(small)
+    assert m["vs uniform @ digits"] == ("n/a (no search)", "+5.00 pp top-1")
+    assert m["vs random @ digits"][0] == "n/a (no search)"
+    table = [d.value for d in small.dataframe if "Efficiency gain, MACs (%)" in d.value.columns][0]
+    controls = table[table["Baseline"].isin(["uniform", "random"])]
+    assert len(controls) and controls["Efficiency gain, MACs (%)"].isna().all()
+    assert set(controls["Note"]) == {"n/a (no search)"}
+    assert (table.loc[~table["Baseline"].isin(["uniform", "random"]), "Note"] == "").all()
+
+
+def test_cite_button_gives_the_software_at_its_commit_and_the_methods_reference(small):
+    from mpqbench.board import references as refs
+
+    frame = lb.load_results(FIXTURES / "results_small").frame
+    commit = sorted(set(frame["git_commit"].dropna()))[0]
+    code = "\n".join(c.value for c in small.code)
+    assert f"@misc{{{refs.software_key(commit)}," in code and f"git commit {commit}" in code
+    assert "cai2020edmips" in code  # the best entry (edmips-target) cites EdMIPS
+    small.selectbox(key="cite_method").set_value("asga").run()
+    code = "\n".join(c.value for c in small.code)
+    assert "@inproceedings{ma2025asga," in code and "cai2020edmips" not in code
+    small.selectbox(key="cite_method").set_value("uniform").run()  # a control cites the software alone
+    code = "\n".join(c.value for c in small.code if "@misc" in c.value)
+    assert "@inproceedings" not in code
+
+
+def test_charts_colour_each_method_with_its_fixed_colour(small):
+    from mpqbench.board import palette
+
+    found = 0
+    for el in small.get("vega_lite_chart"):
+        spec = json.loads(el.proto.spec)
+        for layer in spec.get("layer", [spec]):
+            scale = ((layer.get("encoding") or {}).get("color") or {}).get("scale") or {}
+            if "domain" in scale:
+                found += 1
+                assert scale["range"] == [palette.method_colour(m) for m in scale["domain"]]
+    assert found >= 2
 
 
 def test_proxy_filter_changes_rows_and_url(small):

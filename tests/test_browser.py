@@ -186,3 +186,37 @@ def test_readme_screenshot(tmp_path):
         page.wait_for_timeout(1000)
         assert_no_error(page)
         page.screenshot(path=os.environ["MPQBENCH_SCREENSHOT"])
+
+
+def test_static_leaderboard_opens_from_disk_without_network(tmp_path):
+    """``mpqbench export``'s leaderboard.html: every chart drawn (SVG), the tables and provenance shown, and no
+    request leaves the file (network blocked); the committed results/leaderboard.html too."""
+    pytest.importorskip("vl_convert")
+    from mpqbench.board.export import write_export
+    from mpqbench.board.static_html import chart_specs
+    from mpqbench.board import export as ex
+
+    shutil.copytree(FIXTURES / "results_small" / "runs", tmp_path / "results" / "runs")
+    write_export(tmp_path / "results", tmp_path / "out")
+    pages = [(tmp_path / "out" / "leaderboard.html", len(chart_specs(ex.load(tmp_path / "results"))))]
+    committed = ROOT / "results" / "leaderboard.html"
+    if committed.is_file():
+        pages.append((committed, committed.read_text().count('class="vega-chart"')))
+    for path, n_charts in pages:
+        with browser_page(1400) as page:
+            requests: list[str] = []
+            page.on("request", lambda r, seen=requests: seen.append(r.url))
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                       else route.abort())
+            page.goto(path.as_uri())
+            page.wait_for_function("n => document.querySelectorAll('.vega-chart svg').length >= n", arg=n_charts,
+                                   timeout=90_000)
+            assert n_charts >= 3
+            assert "chart failed" not in page.locator("body").inner_text()
+            assert page.locator("table").count() >= 2
+            assert page.locator("h1").first.inner_text() == "mpqbench leaderboard"
+            assert "Provenance" in page.locator("h2").all_inner_texts()
+            assert {u for u in requests if not u.startswith("file:")} == set(), path
+            shot = tmp_path / f"{path.parent.name}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 20_000

@@ -25,7 +25,8 @@ import yaml
 from mpqbench.config import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = {"default": "config/config.yaml", "smoke": "config/smoke.yaml", "paper": "config/paper.yaml"}
+SUITES = {"default": "config/config.yaml", "smoke": "config/smoke.yaml", "paper": "config/paper.yaml",
+          "extended": "config/extended.yaml"}
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles"]
 BIN = Path(sys.executable).parent
 
@@ -62,6 +63,14 @@ elif cmd == "aggregate":
     (out / "leaderboard.csv").write_text("record,bitops_g_all,top1_pct,search_macs_processed\n" + rows)
     (out / "summary.json").write_text(json.dumps({{"records": len(records)}}))
     (out / "jobs.tsv").write_text("rule\twildcards\n")
+elif cmd == "export":
+    from mpqbench.runs import AGGREGATE_FILES, EXPORT_FILES
+
+    out = Path(opt("--results"))
+    records = sorted(str(p.relative_to(out)) for p in (out / "runs").rglob("*.json"))
+    for kind in EXPORT_FILES:
+        (out / AGGREGATE_FILES[kind]).write_text("stub export\n")
+    (out / AGGREGATE_FILES["metrics"]).write_text(json.dumps({{"records": len(records)}}))
 elif cmd == "figures":
     out = Path(opt("--out-dir"))
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +350,8 @@ def test_a_failed_aggregate_leaves_the_committed_results(tmp_path):
     smoke = SUITES["smoke"]
     snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=env)
     results = tmp_path / "work" / "smoke" / "results"
-    before = {p: p.read_bytes() for p in (results / "leaderboard.csv", results / "summary.json", results / "jobs.tsv")}
+    before = {p: p.read_bytes() for p in (results / "leaderboard.csv", results / "summary.json", results / "jobs.tsv",
+                                          results / "metrics.json", results / "leaderboard.html")}
     next(iter(sorted((results / "runs").rglob("*.json")))).unlink()  # a record to re-make, then a failing aggregate
     proc = snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=stub_env(tmp_path, STUB_FAIL="aggregate"),
                      check=False)
@@ -377,7 +387,7 @@ def test_rerun_does_nothing_and_a_deleted_record_reruns_only_its_job(tmp_path):
     victim.unlink()
     snakemake(tmp_path, "all", "--cores", "2", "--configfile", smoke, env=env)
     again = calls(tmp_path)
-    assert [c[0] for c in again] == ["evaluate", "aggregate", "figures"]
+    assert [c[0] for c in again] == ["evaluate", "aggregate", "export", "figures"]
     assert again[0][again[0].index("--out") + 1] == str(victim.relative_to(tmp_path))
 
     # a changed fine-tune setting re-runs fine-tune + evaluation of every cell, and no search
@@ -406,7 +416,7 @@ def test_dvc_repro_metrics_and_experiment_in_a_fresh_repo(tmp_path):
     assert sum(c[0] == "evaluate" for c in first) == len(cfg.runs())
     assert (repo / "dvc.lock").exists()
     metrics = run_dvc(repo, "metrics", "show", "--json", env=env)
-    assert json.loads(metrics.stdout)  # results/summary.json is read as the metrics
+    assert json.loads(metrics.stdout)  # results/metrics.json (the export's headline metrics) is read as the metrics
     assert "records" in metrics.stdout
 
     assert "up to date" in run_dvc(repo, "repro", env=env).stdout.lower()
@@ -415,7 +425,7 @@ def test_dvc_repro_metrics_and_experiment_in_a_fresh_repo(tmp_path):
     # an experiment with one more seed runs only the new seed's jobs and the aggregate
     run_dvc(repo, "exp", "run", "-S", "config/config.yaml:seeds=[0,1,2,3]", env=env)
     exp_calls = calls(tmp_path)
-    assert {c[0] for c in exp_calls} == {"search", "finetune", "evaluate", "aggregate", "figures"}
+    assert {c[0] for c in exp_calls} == {"search", "finetune", "evaluate", "aggregate", "export", "figures"}
     assert all(c[c.index("--seed") + 1] == "3" for c in exp_calls if c[0] in {"search", "finetune"})
     rows = list(csv.DictReader((repo / "results" / "leaderboard.csv").open()))
     assert len(cfg.seeds) == 3 and len(rows) == len(cfg.runs()) // 3 * 4

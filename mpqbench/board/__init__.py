@@ -7,7 +7,10 @@ One job per module: :mod:`~mpqbench.board.records` (reading and checking record 
 (ranking, ties, Pareto front), :mod:`~mpqbench.board.gains` (efficiency gains),
 :mod:`~mpqbench.board.summary_json` (``summary.json``), :mod:`~mpqbench.board.policies`,
 :mod:`~mpqbench.board.reproduce` (commands that recreate a run), :mod:`~mpqbench.board.published`.
-Everything is re-exported here: ``from mpqbench import board as lb``.
+Everything is re-exported here: ``from mpqbench import board as lb``. Not re-exported (import them by name):
+:mod:`~mpqbench.board.export` (``mpqbench export``: LaTeX/Markdown/CSV tables, BibTeX, DVC metrics),
+:mod:`~mpqbench.board.static_html` (the self-contained leaderboard.html), :mod:`~mpqbench.board.references`
+(which paper each method cites) and :mod:`~mpqbench.board.palette` (one colour per method everywhere).
 
 Vocabulary
     run     one record = (suite, method, arch, proxy, target, budget, seed); one row of the flat frame.

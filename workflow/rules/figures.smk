@@ -1,5 +1,6 @@
-# Stage 6: the seaborn figures in <results>/figures/ (accuracy vs BitOPs with the Pareto front, accuracy
-# vs search cost, per-layer bit-width heatmaps), drawn from the same records as the table, after it.
+# Stage 6: the figures in <results>/figures/ (accuracy vs BitOPs with the Pareto front, accuracy vs search
+# cost, the accuracy-vs-search-cost curves, per-layer bit-width heatmaps), each as PNG (shown in the report),
+# PDF and SVG (for papers), drawn from the same records as the table, after it.
 
 
 rule figures:
