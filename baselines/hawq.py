@@ -48,7 +48,7 @@ from mpqbench.quant.lsq import quant_error_sq
 from mpqbench.search import Method, SearchContext, SearchOutcome, register_method
 
 if TYPE_CHECKING:
-    from mpqbench.cost import SearchCostMeter
+    from mpqbench.cost import CostMeter
 
 
 # ---- sensitivity: Hutchinson traces of the per-layer Hessian blocks, Ω and the ILP policy --------------------
@@ -78,7 +78,7 @@ def hutchinson_traces(
     probe: str = "layer",
     seed: int = 0,
     stats: dict | None = None,
-    meter: SearchCostMeter | None = None,
+    meter: CostMeter | None = None,
 ) -> dict[str, float]:
     """Average Hessian trace Tr(H_l)/n_l of the loss w.r.t. each layer's parameter (Hutchinson).
 
@@ -109,7 +109,7 @@ def hutchinson_traces(
     drawn, = the most samples any layer got), ``samples`` (images per product), ``seed``, and per layer
     ``layer_probes`` (samples averaged) and ``layer_stderr`` (standard error of Tr(H_l)/n_l; None below 2
     samples, 0 for an unprobed layer).
-    ``meter`` (a :class:`~mpqbench.cost.SearchCostMeter`) counts the graph build as one step of kind
+    ``meter`` (a :class:`~mpqbench.cost.CostMeter`) counts the graph build as one step of kind
     ``"hessian-grad"`` and each product as one step over all batches' samples, of a kind named after what
     it differentiates (``"hvp-layer:<index>"``, or ``"hvp:<hex mask of the active set>"`` for joint
     probes), so each product is counted at its own MACs and the total is the work actually done.

@@ -9,7 +9,7 @@ in a fresh process on one thread (OMP_NUM_THREADS=1, as the workflow's jobs), an
   sub-command) after torch;
 - inside the command: wall time of the phases, measured by wrapping the functions that do them: ``data``
   (dataset parsing, resizing, subsets and every batch), ``build`` (model construction, LSQ / supernet layer
-  swaps, the cost tables' probe forwards), ``io`` (checkpoint load/save); the steps (``SearchCostMeter.step``
+  swaps, the cost tables' probe forwards), ``io`` (checkpoint load/save); the steps (``CostMeter.step``
   of search and training; evaluation: batch to batch) are split by the shares that ``torch.profiler``
   measures over steps 5-9 (self CPU time of every event, attributed to its nearest categorised
   ancestor): ``lsq`` (the fake-quant forward and backward, weights and activations), ``conv``
@@ -113,7 +113,7 @@ def _child(argv: list[str]) -> None:
 class _Instrument:
     """Wall time of the phases (wrapped functions) and of each step; torch.profiler over a few steps.
 
-    A step is one ``SearchCostMeter.step`` (search and training), or one evaluation batch when no meter
+    A step is one ``CostMeter.step`` (search and training), or one evaluation batch when no meter
     runs. Phase time spent inside a step (e.g. the next batch) is left out of the step's time.
     """
 
@@ -182,7 +182,7 @@ class _Instrument:
             return batch(ds, *args, **kwargs)
 
         mpqbench.data.TensorImageDataset.batch = counted_batch
-        meter_step = mpqbench.cost.SearchCostMeter.step
+        meter_step = mpqbench.cost.CostMeter.step
 
         @contextlib.contextmanager
         def timed_step(meter, *args, **kwargs):
@@ -193,7 +193,7 @@ class _Instrument:
             finally:
                 self._end_step()
 
-        mpqbench.cost.SearchCostMeter.step = timed_step
+        mpqbench.cost.CostMeter.step = timed_step
         evaluate = mpqbench.train.evaluate
 
         @functools.wraps(evaluate)

@@ -3,7 +3,7 @@
 Setting: ResNet-20 (width 1.0) on scikit-learn's digits resized to 28×28 (1 channel, 10 classes), batch 128,
 budget w3a3, candidates {2,3,4}, on the CPU unless ``--device`` says otherwise. Each method's own ``search``
 runs (the real loop and step functions of ``mpqbench.search.differentiable`` / ``baselines``) with a
-:class:`~mpqbench.cost.SearchCostMeter` that also records the wall time of every step; the table gives the
+:class:`~mpqbench.cost.CostMeter` that also records the wall time of every step; the table gives the
 median seconds per step after ``--warmup`` steps and the MACs of one step (FlopCounterMode over the first
 real step, forward + backward + everything else the step does), with ratios to EdMIPS. ASGA's floor is two
 forward/backward passes per step, so its goal is ≤ 2.1× EdMIPS per step.
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mpqbench.cost import SearchCostMeter  # noqa: E402
+from mpqbench.cost import CostMeter  # noqa: E402
 from mpqbench.data import dataset_info, load_split, subset  # noqa: E402
 from mpqbench.search import SearchContext, get_method  # noqa: E402
 from mpqbench.search.run import parse_hparams, target_geometry  # noqa: E402
@@ -49,8 +49,8 @@ METHODS = ("edmips", "gmpq", "asga", "gmpq-asga")
 GOAL = {"asga": 2.1}  # per-step time relative to edmips
 
 
-class TimingMeter(SearchCostMeter):
-    """A SearchCostMeter that also keeps the wall seconds of each step (the methods call ``meter.step``)."""
+class TimingMeter(CostMeter):
+    """A CostMeter that also keeps the wall seconds of each step (the methods call ``meter.step``)."""
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)

@@ -288,12 +288,13 @@ def complexity_report(
 # --------------------------------------------------------------------------------------------- search cost
 
 
-class SearchCostMeter:
-    """Counts what a search (or training run) cost: wall time, steps, samples and MACs processed.
+class CostMeter:
+    """Counts what a search or a training run (pretrain, fine-tune) cost: wall time, steps, samples and MACs
+    processed.
 
     Wrap each real step (forward, backward, optimizer update, whatever the method does per batch)::
 
-        meter = SearchCostMeter(device)
+        meter = CostMeter(device)
         for x, y in loader:
             with meter.step(len(x)):
                 ...
@@ -332,7 +333,7 @@ class SearchCostMeter:
                 yield
             self._macs_per_sample[kind] = counter.get_total_flops() / 2 / batch_size
             if not self._macs_per_sample[kind]:
-                log.warning("SearchCostMeter: FlopCounterMode saw no matmul/conv work in a %r step", kind)
+                log.warning("CostMeter: FlopCounterMode saw no matmul/conv work in a %r step", kind)
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         self._end = time.perf_counter()

@@ -17,7 +17,7 @@ One loop, :func:`train`, serves both stages:
   weight once per call (:func:`mpqbench.quant.frozen_weights`), not once per batch;
 - DistributedDataParallel when launched by torchrun (``WORLD_SIZE > 1``): gloo on CPU, nccl on CUDA,
   each rank a ``DistributedSampler`` shard, ``batch_size`` per process, rank 0 writes checkpoints;
-- ``macs_processed`` from :class:`mpqbench.cost.SearchCostMeter`: MACs per sample (FlopCounterMode on
+- ``macs_processed`` from :class:`mpqbench.cost.CostMeter`: MACs per sample (FlopCounterMode on
   the first real step, forward + backward) × samples processed by all ranks.
 """
 
@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from mpqbench.cost import SearchCostMeter
+from mpqbench.cost import CostMeter
 from mpqbench.data import make_loader
 from mpqbench.errors import UserError
 from mpqbench.utils import SEED_MAX, resolve_device, seed_everything, torch_save
@@ -402,7 +402,7 @@ def train(
     net: nn.Module = model
     if rt.world > 1:
         net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    meter = SearchCostMeter(rt.device, world_size=rt.world)
+    meter = CostMeter(rt.device, world_size=rt.world)
     show = progress and rt.is_main and sys.stderr.isatty()
 
     for epoch in range(start_epoch, cfg.epochs):

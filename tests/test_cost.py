@@ -8,7 +8,7 @@ from torch import nn
 
 from mpqbench.cost import (
     ArchCost,
-    SearchCostMeter,
+    CostMeter,
     arch_cost,
     bitops_g,
     budget_bitops_g,
@@ -195,7 +195,7 @@ def test_search_cost_meter_counts_forward_and_backward_macs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    meter = SearchCostMeter("cpu")
+    meter = CostMeter("cpu")
     for batch in (4, 4, 4, 2):
         with meter.step(batch):
             _tiny_step(model, opt, torch.randn(batch, 5), torch.randint(0, 3, (batch,)))
@@ -214,7 +214,7 @@ def test_search_cost_meter_counts_forward_and_backward_macs():
 
 def test_search_cost_meter_kinds_and_world_size():
     model = nn.Linear(5, 7)
-    meter = SearchCostMeter("cpu", world_size=2)
+    meter = CostMeter("cpu", world_size=2)
     x = torch.randn(3, 5)
     with meter.step(3, kind="weight"):
         model(x).sum().backward()  # 35 forward + 35 weight grad

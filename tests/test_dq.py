@@ -32,7 +32,7 @@ from baselines.dq import (
     rounded_policy,
     to_dq_model,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost, bitops_g
+from mpqbench.cost import CostMeter, arch_cost, bitops_g
 from mpqbench.data.datasets import TensorImageDataset
 from mpqbench.models import get_model
 from mpqbench.search import SearchContext
@@ -305,7 +305,7 @@ def _ctx(tmp_path: Path, budget_bits: float, work_dir: Path | None = None) -> Se
         arch="resnet20", proxy="digits", proxy_train=data, num_classes=classes, in_channels=1, input_size=size,
         width=0.25, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name=f"w{budget_bits}a{budget_bits}", budget_bitops_g=budget, w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=SearchCostMeter("cpu"),
+        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=CostMeter("cpu"),
         teacher_ckpt=tmp_path / "fp.pt", progress=False, proxy_dataset="digits", work_dir=work_dir,
         state_key="d" * 64,
     )

@@ -28,7 +28,7 @@ from baselines.gmpq import (
     attribution_maps,
     last_stage,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.errors import UserError
 from mpqbench.models import get_model
 from mpqbench.quant import arch_parameters, build_supernet, mixed_layers
@@ -206,7 +206,7 @@ def _ctx(teacher: Path | None) -> SearchContext:
         arch=ARCH, proxy="digits", proxy_train=None, num_classes=CLASSES, in_channels=CH, input_size=SIZE,
         width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name="w3a3", budget_bitops_g=1.0, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=SearchCostMeter("cpu"), teacher_ckpt=teacher, progress=False,
+        device=torch.device("cpu"), meter=CostMeter("cpu"), teacher_ckpt=teacher, progress=False,
     )
 
 

@@ -35,7 +35,7 @@ from baselines.haq import (
     observation,
     static_embedding,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
@@ -252,7 +252,7 @@ def _ctx(fp, work_dir=None) -> SearchContext:
         arch="resnet20", proxy="digits", proxy_train=ds, num_classes=10, in_channels=1, input_size=SIZE,
         width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name="w3a3", budget_bitops_g=budget, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=SearchCostMeter(), progress=False, teacher_ckpt=fp, work_dir=work_dir,
+        device=torch.device("cpu"), meter=CostMeter(), progress=False, teacher_ckpt=fp, work_dir=work_dir,
         state_key="k" * 64 if work_dir else None, proxy_dataset="digits")
 
 

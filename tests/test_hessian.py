@@ -303,12 +303,12 @@ def test_unknown_layer_is_a_user_error():
 
 
 def test_meter_counts_graph_build_and_each_probe():
-    from mpqbench.cost import SearchCostMeter
+    from mpqbench.cost import CostMeter
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
     batches = [(torch.randn(16, 5), torch.randint(0, 3, (16,))), (torch.randn(8, 5), torch.randint(0, 3, (8,)))]
-    meter, stats = SearchCostMeter("cpu"), {}
+    meter, stats = CostMeter("cpu"), {}
     hutchinson_traces(model, nn.CrossEntropyLoss(), batches, {"a": model[0].weight}, tol=0.0, max_probes=6,
                       meter=meter, stats=stats)
     assert (stats["probes"], stats["samples"], stats["layer_probes"]) == (6, 24, {"a": 6})
@@ -323,14 +323,14 @@ def test_meter_counts_only_the_work_done():
     # FlopCounterMode sees over the whole call, and be less than the same probes over both layers.
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mpqbench.cost import SearchCostMeter
+    from mpqbench.cost import CostMeter
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
     batches = [(torch.randn(16, 5), torch.randint(0, 3, (16,))), (torch.randn(8, 5), torch.randint(0, 3, (8,)))]
     layers = {"a": model[0].weight, "b": model[2].weight}
     kw = dict(tol=0.2, min_probes=3, max_probes=200, seed=0)
-    meter, stats = SearchCostMeter("cpu"), {}
+    meter, stats = CostMeter("cpu"), {}
     hutchinson_traces(model, nn.CrossEntropyLoss(), batches, layers, meter=meter, stats=stats, probe="joint", **kw)
     n_a, n_b = stats["layer_probes"]["a"], stats["layer_probes"]["b"]
     assert 3 <= n_b < n_a < 200 and stats["probes"] == n_a
@@ -338,12 +338,12 @@ def test_meter_counts_only_the_work_done():
     with FlopCounterMode(display=False) as counter:
         hutchinson_traces(model, nn.CrossEntropyLoss(), batches, layers, probe="joint", **kw)
     assert meter.macs_processed == round(counter.get_total_flops() / 2)
-    full = SearchCostMeter("cpu")
+    full = CostMeter("cpu")
     hutchinson_traces(model, nn.CrossEntropyLoss(), batches, layers, meter=full, tol=0.0, max_probes=n_a,
                       probe="joint")
     assert full.steps == meter.steps and meter.macs_processed < full.macs_processed
     # Per-layer probes: one step per product, each counted at its own layer's MACs.
-    meter, stats = SearchCostMeter("cpu"), {}
+    meter, stats = CostMeter("cpu"), {}
     hutchinson_traces(model, nn.CrossEntropyLoss(), batches, layers, meter=meter, stats=stats, probe="layer", **kw)
     assert meter.steps == 1 + stats["probes"] == 1 + sum(stats["layer_probes"].values())
     with FlopCounterMode(display=False) as counter:
@@ -387,7 +387,7 @@ def test_hawq_policy_floor_infeasible_is_a_user_error():
 
 # ---------------------------------------------------------------------------------------------- the methods
 def _hawq_ctx(tmp_path, budget: str = "w2.5a2.5"):
-    from mpqbench.cost import SearchCostMeter, arch_cost, budget_bitops_g
+    from mpqbench.cost import CostMeter, arch_cost, budget_bitops_g
     from mpqbench.data import TensorImageDataset
     from mpqbench.models import get_model
     from mpqbench.search import SearchContext
@@ -408,7 +408,7 @@ def _hawq_ctx(tmp_path, budget: str = "w2.5a2.5"):
         arch=arch, proxy="digits", proxy_train=data, num_classes=10, in_channels=1, input_size=size, width=width,
         target_macs=cost.macs, searchable=searchable, fixed=list(cost.fixed), budget_name=budget,
         budget_bitops_g=budget_bitops_g(budget, cost.macs, searchable), w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=5, device=torch.device("cpu"), meter=SearchCostMeter("cpu"),
+        a_candidates=[2, 3, 4], seed=5, device=torch.device("cpu"), meter=CostMeter("cpu"),
         teacher_ckpt=tmp_path / "fp.pt", progress=False,
     )
 

@@ -34,7 +34,7 @@ from baselines.hmq import (
     top_exponent,
     uniform_quantize,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost, budget_bitops_g
+from mpqbench.cost import CostMeter, arch_cost, budget_bitops_g
 from mpqbench.search import SearchContext
 
 
@@ -73,7 +73,7 @@ def test_thresholds_are_powers_of_two_bracketing_the_max():
 def test_calibration_iir_and_sign_through_a_model():
     model = nn.Sequential(nn.Identity(), nn.Linear(2, 2))
     batches = [torch.tensor([[0.5, -1.0]]), torch.tensor([[3.0, 0.25]])]
-    meter = SearchCostMeter("cpu")
+    meter = CostMeter("cpu")
     stats = calibrate(model, ["1"], batches, alpha=0.9, meter=meter)
     assert stats["1"][0] == pytest.approx(2.79) and stats["1"][1] is True
     assert meter.steps == 2 and meter.macs_processed == 2 * 4  # two forwards of a 2×2 linear layer
@@ -212,7 +212,7 @@ def _ctx(tmp_path, budget="w2.5a2.5", work_dir=None, meter=None, key=None):
         arch=arch, proxy="digits", proxy_train=data, num_classes=10, in_channels=1, input_size=size, width=width,
         target_macs=cost.macs, searchable=searchable, fixed=list(cost.fixed), budget_name=budget,
         budget_bitops_g=budget_bitops_g(budget, cost.macs, searchable), w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=3, device=torch.device("cpu"), meter=meter or SearchCostMeter("cpu"),
+        a_candidates=[2, 3, 4], seed=3, device=torch.device("cpu"), meter=meter or CostMeter("cpu"),
         teacher_ckpt=path, progress=False, work_dir=work_dir, state_key=key, proxy_dataset="digits",
     )
 
@@ -260,7 +260,7 @@ def test_search_kill_and_resume(tmp_path, monkeypatch):
     with killed_after_first_save(monkeypatch, search_mod):
         Hmq().search(_ctx(tmp_path, work_dir=tmp_path / "run", key="k" * 64), hp)
     torch.manual_seed(999)
-    meter = SearchCostMeter("cpu")
+    meter = CostMeter("cpu")
     resumed = Hmq().search(_ctx(tmp_path, work_dir=tmp_path / "run", meter=meter, key="k" * 64), hp)
     assert resumed.layers == ref.layers and resumed.extra["probs"] == ref.extra["probs"]
     assert [h["policy"] for h in resumed.extra["history"]] == [h["policy"] for h in ref.extra["history"]]

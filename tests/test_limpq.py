@@ -31,7 +31,7 @@ from baselines.limpq import (
     rank_pairs,
     wired_points,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, make_loader, subset
 from mpqbench.models import get_model
 from mpqbench.search import SearchContext
@@ -186,7 +186,7 @@ def _ctx(teacher, budget: str = "w2.5a2.5", count: int = 96) -> SearchContext:
         width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name=budget, budget_bitops_g=budget_bitops_g(budget, cost.macs, list(cost.searchable)),
         w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"),
-        meter=SearchCostMeter(), progress=False, teacher_ckpt=teacher, proxy_dataset="digits")
+        meter=CostMeter(), progress=False, teacher_ckpt=teacher, proxy_dataset="digits")
 
 
 def test_search_ends_in_the_window_with_a_settle_point_and_metered_passes(target_fp):

@@ -29,7 +29,7 @@ from baselines.ompq import (
     ompq_importance,
     orm_matrix,
 )
-from mpqbench.cost import SearchCostMeter, arch_cost, budget_bitops_g
+from mpqbench.cost import CostMeter, arch_cost, budget_bitops_g
 from mpqbench.data import load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.models import get_model
@@ -184,7 +184,7 @@ def _ctx(teacher, budget: str) -> SearchContext:
         num_classes=10, in_channels=1, input_size=SIZE, width=WIDTH, target_macs=cost.macs,
         searchable=list(cost.searchable), fixed=list(cost.fixed), budget_name=budget,
         budget_bitops_g=budget_bitops_g(budget, cost.macs, list(cost.searchable)), w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=SearchCostMeter(), progress=False,
+        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=CostMeter(), progress=False,
         teacher_ckpt=teacher, proxy_dataset="digits")
 
 

@@ -282,7 +282,7 @@ def test_compiled_backend_matches_eager(lsq_backend, bounds):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a compile failure would silently test eager vs eager
         compiled = _run("compiled", v, steps, probs, bounds, grad_scales)
-        with FlopCounterMode(display=False):  # SearchCostMeter's counted step: same kernels, same bits
+        with FlopCounterMode(display=False):  # CostMeter's counted step: same kernels, same bits
             counted = _run("compiled", v, steps, probs, bounds, grad_scales)
     for a, b, c in zip(compiled, _run("eager", v, steps, probs, bounds, grad_scales), counted):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from baselines.seam import Seam, SeamHparams, margin_loss, penultimate_features
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.errors import UserError
 from mpqbench.models import get_model
 from mpqbench.quant import arch_parameters
@@ -165,7 +165,7 @@ def _ctx(teacher: Path | None, *, data: bool = False) -> SearchContext:
         width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name="w3a3", budget_bitops_g=sum(cost.macs[n] for n in cost.searchable) * 3 * 3 / 1e9,
         w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"),
-        meter=SearchCostMeter("cpu"), teacher_ckpt=teacher, progress=False, proxy_dataset="digits",
+        meter=CostMeter("cpu"), teacher_ckpt=teacher, progress=False, proxy_dataset="digits",
     )
 
 

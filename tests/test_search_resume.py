@@ -5,7 +5,7 @@ import torch
 from killswitch import killed_after_first_save
 
 import mpqbench.search as search_mod
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext, get_method
 
@@ -27,16 +27,16 @@ def test_search_kill_and_resume(tmp_path, monkeypatch, method):
     torch.set_num_threads(1)
     cls = get_method(method)
     hp = cls.Hparams(epochs=3, batch_size=32, lr_alpha=0.5)
-    ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
+    ref = cls().search(_ctx(tmp_path / "ref", CostMeter()), hp)
 
     (tmp_path / "run").mkdir()
     with killed_after_first_save(monkeypatch, search_mod):
-        cls().search(_ctx(tmp_path / "run", SearchCostMeter()), hp)
+        cls().search(_ctx(tmp_path / "run", CostMeter()), hp)
     ckpt = _ctx(tmp_path / "run", None).state_path()
     assert ckpt.exists() and ckpt.name == "search-kkkkkkkkkkkkkkkk.ckpt"
 
     torch.manual_seed(4321)
-    meter = SearchCostMeter()
+    meter = CostMeter()
     resumed = cls().search(_ctx(tmp_path / "run", meter), hp)
     assert resumed.layers == ref.layers
     assert resumed.extra["probs"] == ref.extra["probs"]
@@ -54,22 +54,22 @@ def test_a_checkpoint_of_another_search_is_never_resumed(tmp_path, monkeypatch, 
     torch.set_num_threads(1)
     cls = get_method("asga")
     hp = cls.Hparams(epochs=2, batch_size=32, lr_alpha=0.5)
-    ref = cls().search(_ctx(tmp_path / "ref", SearchCostMeter()), hp)
+    ref = cls().search(_ctx(tmp_path / "ref", CostMeter()), hp)
 
     run = tmp_path / "run"
     run.mkdir()
     with killed_after_first_save(monkeypatch, search_mod):  # another search (other key, other lr) killed here
-        cls().search(_ctx(run, SearchCostMeter(), key="o" * 64), cls.Hparams(epochs=2, batch_size=32, lr_alpha=5.0))
+        cls().search(_ctx(run, CostMeter(), key="o" * 64), cls.Hparams(epochs=2, batch_size=32, lr_alpha=5.0))
     other = _ctx(run, None, key="o" * 64).state_path()
     assert other.exists()
     capfd.readouterr()
-    out = cls().search(_ctx(run, SearchCostMeter()), hp)
+    out = cls().search(_ctx(run, CostMeter()), hp)
     assert "is the checkpoint of another search" in capfd.readouterr().err and not other.exists()
     assert out.layers == ref.layers and out.extra["probs"] == ref.extra["probs"]
 
     own = _ctx(run, None).state_path()
     own.write_bytes(b"not a checkpoint")
-    again = cls().search(_ctx(run, SearchCostMeter()), hp)
+    again = cls().search(_ctx(run, CostMeter()), hp)
     assert "is unusable" in capfd.readouterr().err
     assert again.extra["probs"] == ref.extra["probs"]
 
@@ -79,4 +79,4 @@ def test_a_diverging_search_stops_with_one_clear_error(tmp_path):
 
     cls = get_method("edmips")
     with pytest.raises(UserError, match=r"the search loss is nan at step 2 .*diverged"):
-        cls().search(_ctx(None, SearchCostMeter()), cls.Hparams(epochs=1, batch_size=32, lr_w=float("nan")))
+        cls().search(_ctx(None, CostMeter()), cls.Hparams(epochs=1, batch_size=32, lr_w=float("nan")))

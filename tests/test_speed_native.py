@@ -154,7 +154,7 @@ def test_counted_step_gives_the_same_bits():
     v, steps, bounds = torch.randn(2, 8, 16, 16), torch.tensor([0.2, 0.1]), ((-2, 1), (-4, 3))
     probs = torch.tensor([0.4, 0.6])
     plain = _run("native", v, steps, probs, bounds, (0.1, 0.1))
-    with FlopCounterMode(display=False):  # SearchCostMeter's first step
+    with FlopCounterMode(display=False):  # CostMeter's first step
         counted = _run("native", v, steps, probs, bounds, (0.1, 0.1))
     for a, b in zip(plain, counted):
         assert torch.equal(a, b)

@@ -4,7 +4,7 @@ start from the target-trained model and see proxy data only)."""
 import pytest
 import torch
 
-from mpqbench.cost import SearchCostMeter, arch_cost
+from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.search import SearchContext
@@ -28,7 +28,7 @@ def _ctx(teacher, *, width=0.25, num_classes=10) -> SearchContext:
         arch="resnet20", proxy="digits", proxy_train=ds, num_classes=num_classes, in_channels=1, input_size=8,
         width=width, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
         budget_name="w3a3", budget_bitops_g=1.0, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=SearchCostMeter(), progress=False, teacher_ckpt=teacher,
+        device=torch.device("cpu"), meter=CostMeter(), progress=False, teacher_ckpt=teacher,
         proxy_dataset="digits")
 
 

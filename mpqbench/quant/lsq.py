@@ -204,7 +204,7 @@ def _use_compiled(steps: Tensor) -> bool:
 def _compiled_call(name: str, *args):
     """Run the torch.compile'd `_fused_<name>`, or return None for the caller to run the eager kernels.
 
-    Under FlopCounterMode (SearchCostMeter's first step) the compiled kernel still runs, with the mode
+    Under FlopCounterMode (CostMeter's first step) the compiled kernel still runs, with the mode
     paused — it counts no elementwise op — so a step's numerics never depend on whether it was counted
     (bitwise-identical resumes). Under any other dispatch mode (fake tensors, tracing) the eager kernels
     run. A compile failure warns once and switches the backend to eager for good.

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset
 
 from mpqbench.runs import DEFAULT_BUDGET_FLOOR, ROLES, Role  # noqa: F401  (ROLES re-exported)
-from mpqbench.cost import SearchCostMeter
+from mpqbench.cost import CostMeter
 from mpqbench.registry import Registry
 from mpqbench.utils import torch_save
 
@@ -56,7 +56,7 @@ class SearchContext:
     a_candidates: list[int]
     seed: int
     device: torch.device
-    meter: SearchCostMeter
+    meter: CostMeter
     teacher_ckpt: Path | None = None
     progress: bool = True
     work_dir: Path | None = None  # where a method may checkpoint to resume a long search

@@ -1,7 +1,7 @@
 """Run one search end to end: build the context, call the method, write the policy JSON.
 
 This is the harness side of the method contract: it resolves the budget on the *target* geometry,
-hands the method a :class:`~mpqbench.cost.SearchCostMeter`, validates the outcome, repairs a policy that
+hands the method a :class:`~mpqbench.cost.CostMeter`, validates the outcome, repairs a policy that
 misses the budget, and records achieved cost, search cost and provenance.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mpqbench.cost import ArchCost, SearchCostMeter, budget_bitops_g, summarize
+from mpqbench.cost import ArchCost, CostMeter, budget_bitops_g, summarize
 from mpqbench.data import dataset_info, load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.models import get_model, searchable_layer_names
@@ -88,7 +88,7 @@ def run_search(req: SearchRequest, out: Path) -> Policy:
         proxy_train = subset(proxy_train, count=req.proxy_subset, seed=req.seed)
     proxy_label = req.proxy_label or (f"{req.proxy}-subset" if req.proxy_subset else req.proxy)
 
-    meter = SearchCostMeter(device)
+    meter = CostMeter(device)
     # everything that determines the result: a search resumes only from a checkpoint of the same search
     state_key = json_sha256({
         "method": req.method, "label": req.label, "hparams": hp.model_dump(mode="json"), "arch": req.arch,
