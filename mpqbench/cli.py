@@ -246,10 +246,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"--teacher {args.teacher} does not exist; pretrain it with `mpqbench pretrain --dataset "
                             f"{args.proxy} ...` or leave --teacher out")
 
-        if get_method(args.method).needs_teacher:
+        method_cls = get_method(args.method)
+        if method_cls.needs_teacher:
             from mpqbench.pipeline import fp_model, load_checkpoint
 
-            fp_model(load_checkpoint(Path(args.teacher), "FP teacher"), Path(args.teacher), "FP teacher")
+            ckpt = load_checkpoint(Path(args.teacher), "FP teacher")
+            fp_model(ckpt, Path(args.teacher), "FP teacher")
+            # a proxy teacher is trained on the proxy; a target FP start model on the target
+            want = args.target if method_cls.teacher_from == "target" else args.proxy
+            have = ckpt["meta"].get("dataset")
+            if have != want:
+                raise UserError(f"--teacher {args.teacher} was trained on {have!r}; {args.method} needs the FP model "
+                                f"trained on the {method_cls.teacher_from} {want!r} (`mpqbench pretrain --dataset {want} ...`)")
 
     req = SearchRequest(
         method=args.method, label=args.label, arch=args.arch, proxy=args.proxy, target=args.target,

@@ -392,6 +392,10 @@ CASES: list[Case] = [
          r"--teacher nope\.pt does not exist"),
     Case("search-teacher-file-missing-uniform", lambda i, o: [*_search()(i, o), "--teacher", "nope.pt"],
          r"--teacher nope\.pt does not exist"),
+    Case("search-teacher-other-dataset", lambda i, o: [*_search(method="gmpq")(i, o), "--teacher", i["fp"]],
+         r"--teacher .*fp\.pt was trained on 'fashion-mnist'; gmpq needs the FP model trained on the proxy 'digits'"),
+    Case("search-target-fp-other-dataset", lambda i, o: [*_search(method="seam")(i, o), "--teacher", i["fp_digits"]],
+         r"was trained on 'digits'; seam needs the FP model trained on the target 'fashion-mnist'"),
     Case("search-teacher-pickle-with-code", lambda i, o: [*_search(method="gmpq")(i, o), "--teacher", i["evil"]],
          r"evil\.pt cannot be read"),
     # -- files ---------------------------------------------------------------------------------------------------
