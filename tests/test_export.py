@@ -13,6 +13,7 @@ import io
 import json
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -287,6 +288,9 @@ def test_citation_bundle():
     assert "CC-BY-4.0" in (ROOT / "results" / "README.md").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"data_files/*.bib"' in pyproject and '"data_files/*.csv"' in pyproject
+    # PEP 639 licence metadata (an SPDX expression), not the deprecated {text = ...} table
+    project = tomllib.loads(pyproject)["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
 
 
 def test_streamlit_floor_is_what_the_app_needs():
