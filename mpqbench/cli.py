@@ -337,12 +337,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------------------
+def _registered(kind: str) -> list[str]:
+    """The registered names of a kind (``method``, ``arch``, ``dataset``): imported only when help is shown."""
+    if kind == "method":
+        from mpqbench.plugins import discover
+
+        return discover()
+    if kind == "arch":
+        from mpqbench.models import list_models
+
+        return list_models()
+    from mpqbench.data.registry import DATASETS
+
+    return DATASETS.names()
+
+
+# arguments whose valid values are a registry's names; `--help` lists them (filled in when help is formatted)
+_REGISTRY_ARGS = {"method": "method", "arch": "arch", "dataset": "dataset", "proxy": "dataset", "target": "dataset"}
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """Command-syntax errors end like every other user error: one line, exit status 2."""
 
     def error(self, message: str):  # type: ignore[override]
         print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            kind = _REGISTRY_ARGS.get(action.dest)
+            if kind and not getattr(action, "_lists_registry", False):
+                names = ", ".join(_registered(kind))
+                action.help = f"{action.help}; one of: {names}" if action.help else f"one of: {names}"
+                action._lists_registry = True  # type: ignore[attr-defined]
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -315,6 +315,42 @@ def test_info_json_lists_archs_methods_datasets(capsys):
     assert info["device"].startswith("cpu")
 
 
+@pytest.mark.parametrize("command, options", [
+    ("search", {"--method": "method", "--arch": "arch", "--proxy": "dataset", "--target": "dataset"}),
+    ("pretrain", {"--arch": "arch", "--dataset": "dataset"}),
+    ("complexity", {"--arch": "arch"}),
+    ("download", {"--dataset": "dataset"}),
+    ("finetune", {"--dataset": "dataset"}),
+    ("evaluate", {"--dataset": "dataset"}),
+])
+def test_help_lists_the_registered_values(command, options, capsys):
+    from mpqbench.data.registry import DATASETS
+    from mpqbench.models import list_models
+    from mpqbench.plugins import discover
+
+    registered = {"method": discover(), "arch": list_models(), "dataset": DATASETS.names()}
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    entries: dict[str, str] = {}  # option -> its help entry, argparse's line wrapping undone
+    for line in capsys.readouterr().out.split("options:", 1)[1].splitlines():
+        start = re.match(r"  (?:-\w, )?(--[\w-]+)", line)
+        if start:
+            current = start.group(1)
+            entries[current] = line
+        elif line.startswith("   ") and entries:
+            entries[current] += " " + line.strip()
+    for option, kind in options.items():
+        entry = re.sub(r"-\s+", "-", " ".join(entries[option].split()))  # a break after "gmpq-"
+        assert "one of: " in entry, (option, entry)
+        names = [n.strip() for n in entry.split("one of: ", 1)[1].split(",")]
+        assert names == registered[kind], (option, names)
+    # a second help of the same parser does not repeat the list
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert capsys.readouterr().out.count("one of:") == len(options)
+
+
 def test_info_text_mentions_missing_dataset_command_for_the_given_root(tmp_path, capsys):
     root = tmp_path / "data-root"
     rc, out, _ = run_cli(capsys, ["info", "--device", "cpu", "--data-root", root])
