@@ -31,6 +31,10 @@ onerror:
     restore_aggregates()
 
 
+onsuccess:
+    print_comparison()
+
+
 localrules:
     all,
     check_data,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mpqbench.errors import UserError
-from mpqbench.runs import (DEFAULT_BUDGET_FLOOR, ROLES, Layout, PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest,
-                           SearchRequest, default_of)
+from mpqbench.runs import (COMPARE_ENV, DEFAULT_BUDGET_FLOOR, DEFAULT_CONFIGFILE, ROLES, WORKFLOW_CORES, Layout,
+                           PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest, SearchRequest, default_of)
 
 EXIT_USAGE = 2
 _DEFAULTS = Layout(suite="default", target="")  # the default suite's folders (aggregate, figures)
@@ -336,6 +336,66 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mpqbench.board.compare import compare_with_git, format_comparison
+
+    if not Path(args.runs).is_dir():
+        raise UserError(f"--runs {args.runs} is not a folder; pass a results folder's runs/ (records)")
+    comparison = compare_with_git(args.runs, args.against)
+    print("\n".join(format_comparison(comparison)))
+    return 1 if args.strict and not comparison.all_identical else 0
+
+
+def _suite_runs_dir(configfile: str) -> str:
+    """The records folder of the suite in ``configfile`` (its ``results_dir``/runs)."""
+    import yaml
+
+    from mpqbench.config import load_suite
+
+    path = Path(configfile)
+    if not path.is_file():
+        raise UserError(f"--configfile {configfile} does not exist; pass a suite file such as "
+                        f"{DEFAULT_CONFIGFILE} or config/smoke.yaml")
+    try:
+        suite = load_suite(yaml.safe_load(path.read_text()), source=str(path))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{configfile} is not valid YAML ({type(exc).__name__}); fix the suite file") from None
+    return Layout.of(suite).runs_dir
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Re-run a suite from scratch (every job, ``--forceall``), then compare its records with git HEAD's."""
+    import os
+    import shlex
+    import subprocess
+    import time
+
+    from mpqbench.board.compare import compare_with_git, format_comparison
+
+    if not Path("Snakefile").is_file():
+        raise UserError("no Snakefile here; run `mpqbench reproduce` in the mpqbench checkout")
+    runs_dir = _suite_runs_dir(args.configfile)
+    argv = ["snakemake", "--cores", str(args.cores), "--forceall"]
+    if args.configfile != DEFAULT_CONFIGFILE:
+        argv += ["--configfile", args.configfile]
+    argv += ["--", "all"]
+    print(f"reproduce: {shlex.join(argv)}", flush=True)
+    start = time.monotonic()
+    env = {**os.environ, COMPARE_ENV: "0"}  # this command prints the comparison itself, once
+    try:
+        rc = subprocess.run(argv, env=env, check=False).returncode
+    except FileNotFoundError:
+        raise UserError("snakemake is not installed; `pip install -e '.[workflow]'` (scripts/setup.sh does)") from None
+    minutes = (time.monotonic() - start) / 60
+    if rc != 0:
+        print(f"reproduce: the workflow failed after {minutes:.1f} min (exit {rc}); its log names the failed job; "
+              "re-run the same command to continue", file=sys.stderr)
+        return rc
+    print(f"reproduce: the suite ran from scratch in {minutes:.1f} min")
+    print("\n".join(format_comparison(compare_with_git(runs_dir, "HEAD"))))
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------------------
 def _registered(kind: str) -> list[str]:
     """The registered names of a kind (``method``, ``arch``, ``dataset``): imported only when help is shown."""
@@ -482,6 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="leave out leaderboard.html (needs altair and "
                    "vl-convert-python)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="compare a results folder's run records with the ones committed in git")
+    p.add_argument("--runs", default=_DEFAULTS.runs_dir, help="the records folder (a suite's results_dir/runs)")
+    p.add_argument("--against", default="HEAD", help="the git revision whose committed records to compare with")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless every run is identical to its committed one")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("reproduce", help="re-run a suite from scratch (snakemake --forceall all) and compare its "
+                       "records with the committed ones (git HEAD)")
+    p.add_argument("--configfile", default=DEFAULT_CONFIGFILE, help=f"the suite file (default {DEFAULT_CONFIGFILE})")
+    p.add_argument("--cores", type=_positive, default=WORKFLOW_CORES)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("figures", help="draw results/figures/*.png from run records")
     p.add_argument("--runs", default=_DEFAULTS.runs_dir)

@@ -47,6 +47,8 @@ AGGREGATE_FILES = {"leaderboard": "leaderboard.csv", "summary": "summary.json", 
 EXPORT_FILES = ("table_tex", "table_md", "table_csv", "bib", "metrics", "html")  # the AGGREGATE_FILES export writes
 CONFIG_DIR = "config"  # suite files; config/config.yaml is the default suite
 DEFAULT_CONFIGFILE = "config/config.yaml"
+# "0" keeps a workflow run from printing its comparison with the committed records (mpqbench reproduce prints it)
+COMPARE_ENV = "MPQBENCH_COMPARE"
 RULES = ("check_data", "pretrain_target", "pretrain_proxy", "search", "finetune", "evaluate", "aggregate", "figures")
 
 

@@ -131,3 +131,17 @@ def restore_aggregates():
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             shutil.copy2(src, path)
         print(f"restored {path} from before this run (the job that writes it failed)", file=sys.stderr)
+
+
+def print_comparison():
+    """After a run that ran jobs: where the records are and how they compare with the committed ones (git HEAD).
+    Never fails the workflow: a comparison that cannot be made says why."""
+    if os.environ.get(runs.COMPARE_ENV) == "0":
+        return
+    from mpqbench.board.compare import compare_with_git, format_comparison
+
+    try:
+        lines = format_comparison(compare_with_git(RUNS_DIR, "HEAD"))
+    except (UserError, OSError) as exc:
+        lines = [f"compare: {RUNS_DIR}/ could not be compared with the committed records: {exc}"]
+    print("\n".join(lines))
