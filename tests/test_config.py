@@ -54,7 +54,11 @@ def test_extended_suite_has_its_own_results_folder():
     assert ext.pattern("leaderboard") != default.pattern("leaderboard") and ext.work != default.work
     cfg = suite("extended")
     assert {b for b in cfg.budgets} == {"w3a3", "w2.5a2.5"} and cfg.seeds == [0, 1, 2]
-    assert {"haq", "dq", "hmq", "seam", "limpq", "ompq", "edmips-target", "asga"} <= {m.method for m in cfg.methods.values()}
+    methods = {m.method for m in cfg.methods.values()}
+    assert {"haq", "dq", "hmq", "seam", "limpq", "ompq"} <= methods
+    # every method of the default suite (not its ablations, extraction variants or curve lengths)
+    assert {m.method for m in suite("default").methods.values()} <= methods
+    assert len(cfg.runs()) == 16 * 2 * 3
 
 
 def test_default_suite_grid():
