@@ -4,7 +4,8 @@ Which method is best at a BitOPs budget, what its search cost, and which per-lay
 All logic lives in :mod:`mpqbench.board`; charts and formatted tables in :mod:`app.views`; this file only
 wires widgets to them.
 
-Results are read from ``results/`` next to this file's folder, or from ``$MPQBENCH_RESULTS``;
+Results are read from ``results/`` next to this file's folder, or from ``$MPQBENCH_RESULTS``, together with the
+results folders of the other suites inside it (``results/extended``: one more choice in the Suite filter);
 published numbers from ``baselines/published.csv`` (or ``$MPQBENCH_PUBLISHED``).
 """
 

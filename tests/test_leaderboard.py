@@ -358,6 +358,27 @@ def test_fingerprint_changes_when_a_record_changes(tmp_path):
     assert lb.results_fingerprint(tmp_path / "r") != before
 
 
+def test_the_app_loads_every_suite_results_folder_inside_results(tmp_path):
+    """results/extended/runs (another suite's results_dir) shows beside results/runs; aggregate stays per folder."""
+    results = _results(tmp_path)
+    rec = _asga_s0()
+    rec.update(suite="extended", run_id="e0e0e0e0e0e0")
+    nested = results / "extended" / "runs" / "extended" / "resnet20" / "w3a3" / "asga"
+    nested.mkdir(parents=True)
+    (nested / "digits-to-fashion-mnist-s0.json").write_text(json.dumps(rec))
+    (results / "extended" / "runs" / "broken.json").write_text("{")
+    (results / "figures-like").mkdir()  # a folder without runs/ is not a results folder
+    assert lb.suite_results_dirs(results) == [results, results / "extended"]
+    res = lb.load_results(results)
+    assert res.frame.groupby("suite").size().to_dict() == {"default": 27, "extended": 1}
+    assert "e0e0e0e0e0e0" in res.records and res.source == f"{results / 'runs'}, {results / 'extended' / 'runs'}"
+    assert [p.split(":")[0] for p in res.problems] == ["extended/runs/broken.json"]
+    assert len(lb.load_records(results / "runs")[0]) == 27  # the aggregate's loader reads one folder only
+    before = lb.results_fingerprint(results)
+    (nested / "digits-to-fashion-mnist-s0.json").write_text(json.dumps(rec, indent=1))
+    assert lb.results_fingerprint(results) != before
+
+
 # ------------------------------------------------------------------ filtering and ranking
 
 

@@ -34,7 +34,7 @@ from mpqbench.board.common import (BUDGET_SLACK, DEFAULT_BUDGET_FLOOR, ENTRY, GR
                                    RUN_KEY, record_role)
 from mpqbench.board.frame import (COLUMNS, Results, filter_frame, frame_to_csv, load_results,
                                   read_leaderboard_csv, records_to_frame, resolve_results_dir,
-                                  results_fingerprint, write_leaderboard_csv)
+                                  results_fingerprint, suite_results_dirs, write_leaderboard_csv)
 from mpqbench.board.gains import (_isotonic_rows, cost_at_accuracy, curve_points, efficiency_gain,
                                   efficiency_gains, equal_accuracy_gain, equal_accuracy_gains,
                                   equal_accuracy_table, format_gain, isotonic_increasing)
@@ -52,6 +52,6 @@ __all__ = [
     "equal_accuracy_gains", "equal_accuracy_table", "filter_frame", "format_gain", "frame_to_csv",
     "isotonic_increasing", "load_published", "load_records", "load_results", "natural_key", "paired_difference",
     "pareto_front", "pareto_mask", "policy_frame", "policy_table", "rank_methods", "read_leaderboard_csv",
-    "record_relpath", "records_to_frame", "reproduce_commands", "resolve_results_dir", "results_fingerprint",
+    "record_relpath", "records_to_frame", "reproduce_commands", "resolve_results_dir", "results_fingerprint", "suite_results_dirs",
     "record_role", "summary", "t_quantile", "validate_record", "write_leaderboard_csv",
 ]

@@ -287,16 +287,27 @@ class Results:
     error_kind: str | None = None
 
 
+def suite_results_dirs(results_dir: str | os.PathLike) -> list[Path]:
+    """``results_dir`` and the results folders of other suites inside it (a sub-folder with its own ``runs/``,
+    e.g. ``results/extended`` beside the default suite's ``results/runs``), so the app shows every suite."""
+    results_dir = Path(results_dir)
+    nested = sorted(d for d in results_dir.iterdir() if d.is_dir() and d.name != "runs" and (d / "runs").is_dir()) \
+        if results_dir.is_dir() else []
+    return [results_dir, *nested]
+
+
 def results_fingerprint(results_dir: str | os.PathLike) -> tuple:
     """A cheap cache key that changes when any results file is added, removed or modified."""
-    results_dir = Path(results_dir)
-    files = sorted(results_dir.glob("runs/**/*.json")) + [results_dir / runs.AGGREGATE_FILES["leaderboard"]]
+    files = []
+    for folder in suite_results_dirs(results_dir):
+        files += sorted(folder.glob("runs/**/*.json")) + [folder / runs.AGGREGATE_FILES["leaderboard"]]
     return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.is_file())
 
 
 def load_results(results_dir: str | os.PathLike) -> Results:
-    """Load ``results_dir/runs/**.json`` (the source of truth) or, when there are no records,
-    ``results_dir/leaderboard.csv``. Never raises for bad data: problems land in the result."""
+    """Load ``results_dir/runs/**.json`` (the source of truth) and the records of every other suite's results
+    folder inside it (:func:`suite_results_dirs`) or, when there are no records, ``results_dir/leaderboard.csv``.
+    Never raises for bad data: problems land in the result."""
     results_dir = Path(results_dir)
     empty = records_to_frame([])
     how = (f"run `snakemake --cores {runs.WORKFLOW_CORES} all` to produce results, or set {RESULTS_ENV} "
@@ -305,10 +316,18 @@ def load_results(results_dir: str | os.PathLike) -> Results:
         return Results(empty, error=f"The results folder {results_dir} does not exist; {how}.",
                        error_kind="missing")
     runs_dir = results_dir / "runs"
-    records, problems = load_records(runs_dir) if runs_dir.is_dir() else ([], [])
+    records, problems, sources = [], [], []
+    for folder in suite_results_dirs(results_dir):
+        if (folder / "runs").is_dir():
+            found, bad = load_records(folder / "runs")
+            prefix = "" if folder == results_dir else f"{folder.name}/runs/"
+            records += found
+            problems += [prefix + line for line in bad]
+            if found:
+                sources.append(str(folder / "runs"))
     if records:
         return Results(records_to_frame(records), {r["run_id"]: r for r in records}, problems,
-                       source=str(runs_dir))
+                       source=", ".join(sources))
     csv = results_dir / runs.AGGREGATE_FILES["leaderboard"]
     if csv.is_file():
         try:
