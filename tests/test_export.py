@@ -319,13 +319,14 @@ def test_dvc_metrics_and_plots_read_the_export():
 
 
 # ------------------------------------------------------------------------------------ the committed results
-def test_results_readme_table_is_what_export_writes():
-    """The results README's table block is ``render_markdown`` of the committed results; regenerate it with
-    ``python scripts/results_table.py --write-readme`` (and results/ with ``mpqbench export``)."""
-    results = ROOT / "results"
+@pytest.mark.parametrize("folder", ["results", "results/extended"])
+def test_results_readme_table_is_what_export_writes(folder):
+    """Each committed results README's table block is ``render_markdown`` of its folder's results; regenerate it
+    with ``python scripts/results_table.py <folder> --write-readme`` (and the folder with ``mpqbench export``)."""
+    results = ROOT / folder
     expected = ex.render_markdown(ex.load(results))
     block = ex.readme_block((results / "README.md").read_text())
-    assert block is not None, "results/README.md lost its generated block markers"
-    assert block == expected, "results/README.md's table differs from `mpqbench export`: run " \
-                              "python scripts/results_table.py --write-readme"
+    assert block is not None, f"{folder}/README.md lost its generated block markers"
+    assert block == expected, f"{folder}/README.md's table differs from `mpqbench export`: run " \
+                              f"python scripts/results_table.py {folder} --write-readme"
     assert (results / runs.AGGREGATE_FILES["table_md"]).read_text() == expected
