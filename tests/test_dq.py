@@ -37,6 +37,7 @@ from mpqbench.data.datasets import TensorImageDataset
 from mpqbench.models import get_model
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 D64 = torch.float64
 
@@ -301,14 +302,9 @@ def _ctx(tmp_path: Path, budget_bits: float, work_dir: Path | None = None) -> Se
                               flip=False)
     cost = arch_cost("resnet20", input_size=size, num_classes=classes, in_channels=1, width=0.25)
     budget = bitops_g(cost.macs, {n: (budget_bits, budget_bits) for n in cost.searchable})
-    return SearchContext(
-        arch="resnet20", proxy="digits", proxy_train=data, num_classes=classes, in_channels=1, input_size=size,
-        width=0.25, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name=f"w{budget_bits}a{budget_bits}", budget_bitops_g=budget, w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=CostMeter("cpu"),
-        teacher_ckpt=tmp_path / "fp.pt", progress=False, proxy_dataset="digits", work_dir=work_dir,
-        state_key="d" * 64,
-    )
+    return tiny_context(tmp_path / "fp.pt", proxy_train=data, num_classes=classes, input_size=size,
+                        budget=f"w{budget_bits}a{budget_bits}", budget_g=budget, meter=CostMeter("cpu"),
+                        work_dir=work_dir, state_key="d" * 64)
 
 
 def test_short_search_lowers_the_trained_bits_and_ends_in_the_window(tmp_path):

@@ -34,6 +34,7 @@ from mpqbench.models import get_model
 from mpqbench.quant import arch_parameters, build_supernet, mixed_layers
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 ARCH, WIDTH, SIZE, CLASSES, CH = "resnet20", 0.25, 8, 10, 1
 
@@ -201,13 +202,9 @@ def _teacher_ckpt(path: Path, *, arch: str = ARCH, num_classes: int = CLASSES, i
 
 
 def _ctx(teacher: Path | None) -> SearchContext:
-    cost = arch_cost(ARCH, input_size=SIZE, num_classes=CLASSES, in_channels=CH, width=WIDTH)
-    return SearchContext(
-        arch=ARCH, proxy="digits", proxy_train=None, num_classes=CLASSES, in_channels=CH, input_size=SIZE,
-        width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name="w3a3", budget_bitops_g=1.0, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=CostMeter("cpu"), teacher_ckpt=teacher, progress=False,
-    )
+    # no proxy_dataset: these contexts exercise the teacher paths without the dataset check
+    return tiny_context(teacher, arch=ARCH, width=WIDTH, input_size=SIZE, num_classes=CLASSES, in_channels=CH,
+                        budget_g=1.0, meter=CostMeter("cpu"), proxy_dataset=None)
 
 
 def _assert_grads_reach_theta_and_alpha(net: nn.Module) -> None:

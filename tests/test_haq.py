@@ -35,10 +35,11 @@ from baselines.haq import (
     observation,
     static_embedding,
 )
-from mpqbench.cost import CostMeter, arch_cost
+from mpqbench.cost import arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -248,12 +249,8 @@ def _ctx(fp, work_dir=None) -> SearchContext:
     cost = arch_cost("resnet20", input_size=SIZE, num_classes=10, in_channels=1, width=WIDTH)
     ds = subset(load_split("digits", "train", input_size=SIZE), count=90, seed=0)
     budget = sum(cost.macs[n] for n in cost.searchable) * 3 * 3 / 1e9
-    return SearchContext(
-        arch="resnet20", proxy="digits", proxy_train=ds, num_classes=10, in_channels=1, input_size=SIZE,
-        width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name="w3a3", budget_bitops_g=budget, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=CostMeter(), progress=False, teacher_ckpt=fp, work_dir=work_dir,
-        state_key="k" * 64 if work_dir else None, proxy_dataset="digits")
+    return tiny_context(fp, proxy_train=ds, width=WIDTH, input_size=SIZE, budget_g=budget, work_dir=work_dir,
+                        state_key="k" * 64 if work_dir else None)
 
 
 HP = dict(episodes=4, warmup=2, hidden1=16, hidden2=16, agent_batch=8, finetune_epochs=1.0, batch_size=32,

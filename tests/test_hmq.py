@@ -34,8 +34,8 @@ from baselines.hmq import (
     top_exponent,
     uniform_quantize,
 )
-from mpqbench.cost import CostMeter, arch_cost, budget_bitops_g
-from mpqbench.search import SearchContext
+from mpqbench.cost import CostMeter
+from searchkit import tiny_context
 
 
 # ---------------------------------------------------------------------------------------------- temperature
@@ -206,15 +206,8 @@ def _ctx(tmp_path, budget="w2.5a2.5", work_dir=None, meter=None, key=None):
     g = torch.Generator().manual_seed(0)
     data = TensorImageDataset(torch.rand(48, 1, size, size, generator=g), torch.randint(0, 10, (48,), generator=g),
                               mean=[0.5], std=[0.25], classes=[str(i) for i in range(10)], crop_pad_px=0, flip=False)
-    cost = arch_cost(arch, input_size=size, num_classes=10, in_channels=1, width=width)
-    searchable = list(cost.searchable)
-    return SearchContext(
-        arch=arch, proxy="digits", proxy_train=data, num_classes=10, in_channels=1, input_size=size, width=width,
-        target_macs=cost.macs, searchable=searchable, fixed=list(cost.fixed), budget_name=budget,
-        budget_bitops_g=budget_bitops_g(budget, cost.macs, searchable), w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=3, device=torch.device("cpu"), meter=meter or CostMeter("cpu"),
-        teacher_ckpt=path, progress=False, work_dir=work_dir, state_key=key, proxy_dataset="digits",
-    )
+    return tiny_context(path, proxy_train=data, arch=arch, width=width, input_size=size, budget=budget, seed=3,
+                        meter=meter or CostMeter("cpu"), work_dir=work_dir, state_key=key)
 
 
 HP = dict(epochs=2, batch_size=16, lr_hmq=0.5, lr_w=1e-3, calib_batches=2)

@@ -31,23 +31,18 @@ from baselines.limpq import (
     rank_pairs,
     wired_points,
 )
-from mpqbench.cost import CostMeter, arch_cost
+from mpqbench.cost import arch_cost
 from mpqbench.data import load_split, make_loader, subset
 from mpqbench.models import get_model
 from mpqbench.search import SearchContext
 from mpqbench.train import default_param_groups
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 ARCH, WIDTH, SIZE = "resnet20", 0.25, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: bitwise-repeatable runs, and no oversubscription of the shared cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------- random mixed policies
@@ -178,15 +173,7 @@ def target_fp(tmp_path_factory):
 
 
 def _ctx(teacher, budget: str = "w2.5a2.5", count: int = 96) -> SearchContext:
-    from mpqbench.cost import budget_bitops_g
-
-    cost = arch_cost(ARCH, input_size=SIZE, num_classes=10, in_channels=1, width=WIDTH)
-    return SearchContext(
-        arch=ARCH, proxy="digits", proxy_train=_digits(count), num_classes=10, in_channels=1, input_size=SIZE,
-        width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name=budget, budget_bitops_g=budget_bitops_g(budget, cost.macs, list(cost.searchable)),
-        w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"),
-        meter=CostMeter(), progress=False, teacher_ckpt=teacher, proxy_dataset="digits")
+    return tiny_context(teacher, proxy_train=_digits(count), arch=ARCH, width=WIDTH, input_size=SIZE, budget=budget)
 
 
 def test_search_ends_in_the_window_with_a_settle_point_and_metered_passes(target_fp):

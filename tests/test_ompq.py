@@ -29,22 +29,18 @@ from baselines.ompq import (
     ompq_importance,
     orm_matrix,
 )
-from mpqbench.cost import CostMeter, arch_cost, budget_bitops_g
+from mpqbench.cost import arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.models import get_model
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 ARCH, WIDTH, SIZE = "resnet20", 0.25, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------- linear CKA
@@ -178,14 +174,8 @@ def target_fp(tmp_path_factory):
 
 
 def _ctx(teacher, budget: str) -> SearchContext:
-    cost = arch_cost(ARCH, input_size=SIZE, num_classes=10, in_channels=1, width=WIDTH)
-    return SearchContext(
-        arch=ARCH, proxy="digits", proxy_train=subset(load_split("digits", "train", input_size=SIZE), count=64, seed=0),
-        num_classes=10, in_channels=1, input_size=SIZE, width=WIDTH, target_macs=cost.macs,
-        searchable=list(cost.searchable), fixed=list(cost.fixed), budget_name=budget,
-        budget_bitops_g=budget_bitops_g(budget, cost.macs, list(cost.searchable)), w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=CostMeter(), progress=False,
-        teacher_ckpt=teacher, proxy_dataset="digits")
+    return tiny_context(teacher, proxy_train=subset(load_split("digits", "train", input_size=SIZE), count=64, seed=0),
+                        arch=ARCH, width=WIDTH, input_size=SIZE, budget=budget)
 
 
 @pytest.mark.parametrize("budget, activations, a_bits", [("w3a3", "fixed", 3), ("w2.5a2.5", "fixed", 2),

@@ -26,18 +26,13 @@ from mpqbench.models import get_model
 from mpqbench.quant import arch_parameters
 from mpqbench.search import SearchContext
 from mpqbench.utils import torch_save
+from searchkit import tiny_context
 
 ARCH, WIDTH, SIZE, CLASSES, CH = "resnet20", 0.25, 8, 10, 1
 D = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny tensors, and a shared busy machine, where several threads mostly wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -160,13 +155,9 @@ def _ctx(teacher: Path | None, *, data: bool = False) -> SearchContext:
         from mpqbench.data import load_split, subset
 
         ds = subset(load_split("digits", "train", input_size=SIZE), count=64, seed=0)
-    return SearchContext(
-        arch=ARCH, proxy="digits", proxy_train=ds, num_classes=CLASSES, in_channels=CH, input_size=SIZE,
-        width=WIDTH, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name="w3a3", budget_bitops_g=sum(cost.macs[n] for n in cost.searchable) * 3 * 3 / 1e9,
-        w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"),
-        meter=CostMeter("cpu"), teacher_ckpt=teacher, progress=False, proxy_dataset="digits",
-    )
+    return tiny_context(teacher, proxy_train=ds, arch=ARCH, width=WIDTH, input_size=SIZE, num_classes=CLASSES,
+                        in_channels=CH, budget_g=sum(cost.macs[n] for n in cost.searchable) * 3 * 3 / 1e9,
+                        meter=CostMeter("cpu"))
 
 
 def _assert_starts_from(state: dict[str, torch.Tensor], ckpt: Path, ctx: SearchContext, *, stats: bool = True) -> None:

@@ -8,18 +8,14 @@ import mpqbench.search as search_mod
 from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.search import SearchContext, get_method
+from searchkit import tiny_context
 
 
 def _ctx(work_dir, meter, key="k" * 64) -> SearchContext:
     cost = arch_cost("resnet20", input_size=8, num_classes=10, in_channels=1, width=0.25)
     ds = subset(load_split("digits", "train", input_size=8), count=96, seed=0)
-    return SearchContext(
-        arch="resnet20", proxy="digits", proxy_train=ds, num_classes=10, in_channels=1, input_size=8, width=0.25,
-        target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed), budget_name="w3a3",
-        budget_bitops_g=sum(cost.macs[n] * 9 for n in cost.searchable) / 1e9, w_candidates=[2, 3, 4],
-        a_candidates=[2, 3, 4], seed=0, device=torch.device("cpu"), meter=meter, progress=False, work_dir=work_dir,
-        state_key=key,
-    )
+    return tiny_context(None, proxy_train=ds, budget_g=sum(cost.macs[n] * 9 for n in cost.searchable) / 1e9,
+                        meter=meter, work_dir=work_dir, state_key=key, proxy_dataset=None)
 
 
 @pytest.mark.parametrize("method", ["edmips", "asga"])

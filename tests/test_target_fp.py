@@ -4,10 +4,10 @@ start from the target-trained model and see proxy data only)."""
 import pytest
 import torch
 
-from mpqbench.cost import CostMeter, arch_cost
 from mpqbench.data import load_split, subset
 from mpqbench.errors import UserError
 from mpqbench.search import SearchContext
+from searchkit import tiny_context
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,8 @@ def target_fp(tmp_path_factory):
 
 
 def _ctx(teacher, *, width=0.25, num_classes=10) -> SearchContext:
-    cost = arch_cost("resnet20", input_size=8, num_classes=num_classes, in_channels=1, width=width)
     ds = subset(load_split("digits", "train", input_size=8), count=32, seed=0)
-    return SearchContext(
-        arch="resnet20", proxy="digits", proxy_train=ds, num_classes=num_classes, in_channels=1, input_size=8,
-        width=width, target_macs=cost.macs, searchable=list(cost.searchable), fixed=list(cost.fixed),
-        budget_name="w3a3", budget_bitops_g=1.0, w_candidates=[2, 3, 4], a_candidates=[2, 3, 4], seed=0,
-        device=torch.device("cpu"), meter=CostMeter(), progress=False, teacher_ckpt=teacher,
-        proxy_dataset="digits")
+    return tiny_context(teacher, proxy_train=ds, width=width, num_classes=num_classes, budget_g=1.0)
 
 
 def test_weights_are_the_target_models_at_the_proxy_geometry(target_fp):
