@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mpqbench.board.records import _identity, load_records
+from mpqbench.board.records import load_records, run_identity
 from mpqbench.board.stats import t_quantile
 from mpqbench.errors import UserError
 from mpqbench.records import RecordProblem, check_record
@@ -148,8 +148,8 @@ def seed_noise(top1s: list[float], confidence: float = CONFIDENCE) -> float | No
 def compare(now: list[dict], committed: list[dict], *, runs_dir: str, against: str) -> Comparison:
     """Compare two sets of valid records run by run (see the module docstring for the rules)."""
     out = Comparison(runs_dir=runs_dir, against=against, total=len(now))
-    old = {_identity(check_record(_plain(r))): r for r in committed}
-    cur = {_identity(check_record(_plain(r))): r for r in now}
+    old = {run_identity(r): r for r in committed}
+    cur = {run_identity(r): r for r in now}
     for key, rec in sorted(cur.items(), key=lambda kv: str(kv[0])):
         before = old.get(key)
         if before is None:
@@ -177,10 +177,6 @@ def compare(now: list[dict], committed: list[dict], *, runs_dir: str, against: s
         else:
             out.within_noise.append((entry, delta, noise))
     return out
-
-
-def _plain(rec: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in rec.items() if k != "_path"}
 
 
 def _name(run: tuple) -> str:
@@ -230,7 +226,7 @@ def format_comparison(c: Comparison, *, limit: int = 10) -> list[str]:
 def compare_with_git(runs_dir: str | Path, rev: str = "HEAD") -> Comparison:
     """Compare the records under ``runs_dir`` with those committed there at ``rev``."""
     runs_dir = Path(runs_dir)
-    now, problems = load_records(runs_dir)
+    now, _ = load_records(runs_dir)  # unreadable files are reported by aggregate, not compared
     shown = runs_dir.as_posix()
     committed, name = committed_records(runs_dir, rev)
     if committed is None:

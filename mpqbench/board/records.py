@@ -30,8 +30,11 @@ def validate_record(rec: Any) -> list[str]:
     return []
 
 
-def _identity(rec: RunRecord) -> tuple:
-    return (rec.suite, rec.arch, rec.target, rec.budget.name, rec.method, rec.proxy, rec.seed)
+def run_identity(rec: Any) -> tuple:
+    """The run identity (:data:`IDENTITY`) of a record, as a model or in the plain JSON form load_records returns."""
+    if isinstance(rec, RunRecord):
+        rec = rec.model_dump(include=set(IDENTITY.split("/")))
+    return tuple(rec[k]["name"] if k == "budget" else rec[k] for k in IDENTITY.split("/"))
 
 
 def _candidates(runs_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -77,7 +80,7 @@ def load_records(runs_dir: str | os.PathLike, *, strict: bool = False) -> tuple[
         except RecordProblem as exc:
             problems.append((path, f"{rel}: {exc}"))
             continue
-        key = _identity(rec)
+        key = run_identity(rec)
         if key in by_identity:
             problems.append((path, f"{rel}: duplicate of {by_identity[key]} (same {IDENTITY}); left out"))
             continue
