@@ -25,13 +25,16 @@ include: "workflow/rules/figures.smk"
 
 onstart:
     backup_aggregates()
+    start_jobserver()
 
 
 onerror:
+    stop_jobserver()
     restore_aggregates()
 
 
 onsuccess:
+    stop_jobserver()
     print_comparison()
 
 

@@ -318,7 +318,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     _check_first(args, dirs=((args.out_dir, "--out-dir"),))
 
     out = aggregate(runs_dir=Path(args.runs), out_dir=Path(args.out_dir), figures=not args.no_figures,
-                    bench_dir=Path(args.bench_dir) if args.bench_dir else None)
+                    bench_dir=Path(args.bench_dir) if args.bench_dir else None,
+                    job_log_dir=Path(args.job_logs) if args.job_logs else None)
     print(f"aggregated {out['records']} records -> {args.out_dir}")
     return 0
 
@@ -533,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "figures rule draws the figures)")
     p.add_argument("--bench-dir", default=None, help="the workflow's benchmark folder (logs/benchmarks/<suite>): "
                    "write jobs.tsv and the suite's cost into summary.json (default: reuse <out-dir>/jobs.tsv)")
+    p.add_argument("--job-logs", default=None, help="the workflow's job log folder (logs/<suite>): each job's CPU "
+                   "seconds and peak RSS from the usage line it ends with (default: Snakemake's sampled values)")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("export", help="write the leaderboard as LaTeX/Markdown/CSV tables, their BibTeX, DVC's "

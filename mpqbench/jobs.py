@@ -19,6 +19,11 @@ Sources
     Fallback, for a benchmark file no log block matches (logs deleted, another executor's log format): the
     file's modification time as the end and end - ``s`` as the start (``time_source`` "mtime").
 
+CPU time and peak RSS: Snakemake samples the job's process tree (and misses the part of a job shorter than
+its sampling interval); a job run through the workflow's job server (:mod:`mpqbench.jobserver`) does its work
+outside that tree. Every ``mpqbench`` command of the workflow therefore ends its log with a usage line of its
+own measurement, which :func:`collect_jobs` prefers when given the job log folder.
+
 Caveat: a benchmark file is only written when its job has finished, so the job that collects them (the
 aggregate step) sees its own and later jobs' files from the previous run, if any.
 """
@@ -141,14 +146,21 @@ def _log_times(log_dir: Path | None) -> dict[Path, list[dict[str, Any]]]:
 
 
 def collect_jobs(bench_dir: str | os.PathLike, *,
-                 snakemake_log_dir: str | os.PathLike | None = ".snakemake/log") -> pd.DataFrame:
+                 snakemake_log_dir: str | os.PathLike | None = ".snakemake/log",
+                 job_log_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per benchmark file under ``bench_dir`` (``<log_dir>/benchmarks/<suite>``): ``rule`` (the
     first folder below ``bench_dir``, or the file's stem for a file directly in it), ``wildcards`` (the
     rest of the relative path without ``.tsv``, e.g. ``resnet20/w3a3/asga/digits-to-fashion-mnist-s0``),
     ``wall_s``, ``cpu_s``, ``max_rss_mb`` (from the file), ``start_utc``/``end_utc`` (tz-aware) and
     ``time_source`` ("snakemake-log" or "mtime"; see the module docstring). ``snakemake_log_dir`` is the
     workflow's ``.snakemake/log`` (relative paths are taken from the current directory; None: use file
-    times only). Sorted by rule, then wildcards. A missing ``bench_dir`` gives an empty frame."""
+    times only). With ``job_log_dir`` (the workflow's ``<log_dir>/<suite>``, where job ``<rule>`` with
+    wildcards ``w`` logs to ``<rule>/<w>.log``, or ``<rule>.log`` without wildcards), ``cpu_s`` and
+    ``max_rss_mb`` come from the usage line the job's log ends with (exact, measured by the process that did
+    the work, see :mod:`mpqbench.jobserver`) instead of Snakemake's sampled ones. Sorted by rule, then
+    wildcards. A missing ``bench_dir`` gives an empty frame."""
+    from mpqbench.jobserver import read_usage
+
     bench_dir = Path(bench_dir)
     logged = _log_times(Path(snakemake_log_dir) if snakemake_log_dir is not None else None)
     rows = []
@@ -156,6 +168,10 @@ def collect_jobs(bench_dir: str | os.PathLike, *,
         rel = path.relative_to(bench_dir).with_suffix("")
         rule, wildcards = (rel.parts[0], Path(*rel.parts[1:]).as_posix()) if len(rel.parts) > 1 else (rel.name, "")
         stats = read_benchmark_tsv(path)
+        if job_log_dir is not None:
+            log = Path(job_log_dir) / (f"{rule}/{wildcards}.log" if wildcards else f"{rule}.log")
+            if (measured := read_usage(log)) is not None:
+                stats = {**stats, "cpu_s": measured[0], "max_rss_mb": measured[1]}
         mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc)
         match = [j for j in logged.get(path.resolve(), [])
                  if abs((j["end"] - mtime).total_seconds()) <= MATCH_TOLERANCE_S]

@@ -396,7 +396,8 @@ def _load_records(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir: Path | None = None,
-              snakemake_log_dir: Path | None = Path(".snakemake/log")) -> dict[str, Any]:
+              snakemake_log_dir: Path | None = Path(".snakemake/log"),
+              job_log_dir: Path | None = None) -> dict[str, Any]:
     """results/leaderboard.csv and results/summary.json (and, unless ``figures`` is False,
     results/figures/*.png) from the run records.
 
@@ -404,7 +405,8 @@ def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir:
     of the run goes to ``out_dir/jobs.tsv`` (the aggregate and figures jobs themselves are left out: their
     benchmark files are written after this runs) and ``summary.json`` gets ``suite_cost`` (job time,
     elapsed wall time, per rule). Without ``bench_dir`` an existing ``out_dir/jobs.tsv`` is read back, so
-    re-aggregating committed results gives the same summary."""
+    re-aggregating committed results gives the same summary. With ``job_log_dir`` (``<log_dir>/<suite>``) a
+    job's CPU seconds and peak RSS come from the usage line its log ends with (:mod:`mpqbench.jobserver`)."""
     from mpqbench import jobs
     from mpqbench import board as lb
 
@@ -422,7 +424,7 @@ def aggregate(*, runs_dir: Path, out_dir: Path, figures: bool = True, bench_dir:
     if bench_dir is not None:
         if not Path(bench_dir).is_dir():
             raise UserError(f"--bench-dir {bench_dir} does not exist; run the workflow first or leave the option out")
-        frame = jobs.collect_jobs(bench_dir, snakemake_log_dir=snakemake_log_dir)
+        frame = jobs.collect_jobs(bench_dir, snakemake_log_dir=snakemake_log_dir, job_log_dir=job_log_dir)
         frame = frame[~frame["rule"].isin(["aggregate", "figures"])].reset_index(drop=True)
         jobs.write_jobs_tsv(frame, jobs_path)
     elif jobs_path.is_file():

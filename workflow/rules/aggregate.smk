@@ -22,10 +22,11 @@ rule aggregate:
     params:
         runs=lambda wildcards: RUNS_DIR,
         bench=LAYOUT.bench,
+        job_logs=LAYOUT.logs,
         out_dir=lambda wildcards, output: os.path.dirname(output.summary) or ".",
     threads: THREADS["aggregate"]
     resources:
         **RESOURCES["aggregate"],
     shell:
         "(mpqbench aggregate --runs {params.runs} --out-dir {params.out_dir} --no-figures"
-        " --bench-dir {params.bench} && mpqbench export --results {params.out_dir}) > {log} 2>&1"
+        " --bench-dir {params.bench} --job-logs {params.job_logs} && mpqbench export --results {params.out_dir}) > {log} 2>&1"

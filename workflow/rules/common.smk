@@ -133,6 +133,40 @@ def restore_aggregates():
         print(f"restored {path} from before this run (the job that writes it failed)", file=sys.stderr)
 
 
+# The job server (mpqbench.jobserver): one process with torch and the package imported, from which every
+# local job's `mpqbench` command is forked, so a job does not pay the ~4 s of a fresh process's imports.
+# Cluster jobs (non-local executors) run their commands themselves; MPQBENCH_JOBSERVER=0 turns it off.
+# Every job ends its log with its own CPU time and peak RSS (MPQBENCH_USAGE=1), which jobs.tsv reads.
+_JOBSERVER = {}
+
+
+def start_jobserver():
+    import tempfile
+
+    from mpqbench import jobserver
+
+    os.environ[jobserver.USAGE_ENV] = "1"
+    if not workflow.local_exec or os.environ.get(jobserver.ENV) == "0":
+        return
+    folder = tempfile.mkdtemp(prefix="mpqbench-jobs-")
+    path = os.path.join(folder, "server.sock")
+    os.makedirs(LAYOUT.logs, exist_ok=True)
+    _JOBSERVER.update(proc=jobserver.start(path, log=os.path.join(LAYOUT.logs, "jobserver.log")), path=path,
+                      folder=folder)
+    os.environ[jobserver.ENV] = path  # jobs started before it listens run their commands themselves
+
+
+def stop_jobserver():
+    import shutil
+
+    from mpqbench import jobserver
+
+    if _JOBSERVER:
+        jobserver.stop(_JOBSERVER["proc"], _JOBSERVER["path"])
+        shutil.rmtree(_JOBSERVER["folder"], ignore_errors=True)
+        _JOBSERVER.clear()
+
+
 def print_comparison():
     """After a run that ran jobs: where the records are and how they compare with the committed ones (git HEAD).
     Never fails the workflow: a comparison that cannot be made says why."""
