@@ -459,11 +459,10 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     at_budget = ranked_all["budget"] == f["budget"]
     ranked = ranked_all[at_budget].reset_index(drop=True)
     pareto_b = pareto[at_budget].reset_index(drop=True)
-    gains = lb.efficiency_gains(ranked, include_unmatched=f["unmatched"])
-    equal, points = equal_terms(every, f["unmatched"])
 
-    headline(ranked, gains, equal, f["budget"], f["cost"])
-
+    # The ranking first: the headline above it needs the gains at equal accuracy (a bootstrap), so its place is
+    # kept and it is filled once the ranking has been sent to the browser.
+    head = st.container()
     st.subheader(f"Ranking at {f['budget']}")
     table = ranked_table(ranked, every, pareto_b)
     event = st.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
@@ -478,6 +477,11 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
                    "the budget window' to include them): "
                    + "; ".join(f"{md(entry_label(m, p))}: {md(r)}" for m, p, r in
                                zip(hidden["method"], hidden["proxy"], hidden["unranked"])))
+
+    gains = lb.efficiency_gains(ranked, include_unmatched=f["unmatched"])
+    equal, points = equal_terms(every, f["unmatched"])
+    with head:
+        headline(ranked, gains, equal, f["budget"], f["cost"])
 
     left, right = st.columns(2)
     with left:

@@ -15,7 +15,12 @@ wall seconds of ``--repeats`` runs and, for the import probes, the increment ove
   ``torch._disable_dynamo`` does);
 - ``+ search modules``: ``mpqbench.search.run`` and the differentiable searches (``mpqbench search``);
 - ``+ test split`` / ``+ train subset``: loading the Fashion-MNIST test split (evaluate) and the 5,000-image
-  fine-tune subset (finetune), on top of the mpqbench imports.
+  fine-tune subset (finetune), on top of the mpqbench imports;
+- ``served job``: what a job pays with the workflow's job server (:mod:`mpqbench.jobserver`) instead of
+  the imports: the ``mpqbench`` client process, the connection, the fork of a child with everything
+  imported, a command that stops at its first check (a missing checkpoint), the child's exit and the
+  client's. A served job's fixed cost is this plus its data load (the ``+ test split`` / ``+ train subset``
+  increments).
 
     python benchmarks/job_fixed_cost.py [--repeats 5]
 """
@@ -60,6 +65,29 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
             times[name].append(time.perf_counter() - t0)
+    # the same through a job server (started once, as the workflow does, and left out of the timing)
+    import tempfile
+
+    from mpqbench import jobserver
+
+    folder = tempfile.mkdtemp(prefix="mpqjs-bench-")
+    sock = os.path.join(folder, "s.sock")
+    server = subprocess.Popen([sys.executable, "-m", "mpqbench.jobserver", "--socket", sock], env=env)
+    while not os.path.exists(sock):
+        time.sleep(0.1)
+    client = [sys.executable, "-c", "import sys; from mpqbench.jobserver import main; sys.exit(main())",
+              "evaluate", "--ckpt", "missing.pt", "--policy", "p.json", "--fp", "f.pt", "--out", "r.json"]
+    times["served job"] = []
+    try:
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = subprocess.run(client, env={**env, jobserver.ENV: sock}, capture_output=True, text=True)
+            times["served job"].append(time.perf_counter() - t0)
+            assert out.returncode == 2, out.stderr
+    finally:
+        jobserver.stop(server, sock)
+        os.rmdir(folder)
+    PROBES.append(("served job", ""))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"median wall seconds of {args.repeats} fresh processes (interleaved)")
     print(f"{'probe':<34}{'s':>7}{'+ s':>8}")
