@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # a plain checkout works without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
@@ -367,6 +366,8 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
     order = [label] + [lab for lab in labels if lab != label and lab in set(pol["entry"])]
     layers = pol.sort_values("layer_index")["layer"].drop_duplicates().tolist()
     charts = []
+    import altair as alt  # not needed before the ranking is on the page
+
     for kind, name in (("w", "Weight bits"), ("a", "Activation bits")):
         base = alt.Chart(pol).encode(
             x=alt.X("layer:N", sort=layers, title="Layer (module order)",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-import altair as alt
 import pandas as pd
 
 from mpqbench import board as lb
@@ -42,6 +41,8 @@ def fmt_gain_vs(gain: float, baseline_macs: float) -> str:
 
 def method_colour(data: pd.DataFrame, field: str = "method", title: str = "Method") -> alt.Color:
     """The fixed colour of each method (the figures' and the static page's, :mod:`mpqbench.board.palette`)."""
+    import altair as alt  # with the first chart: the ranking above it does not wait for it
+
     return alt.Color(f"{field}:N", title=title, scale=alt.Scale(**palette.altair_scale(sorted(set(data[field])))))
 
 
@@ -71,6 +72,8 @@ def tied_text(row: pd.Series) -> str:
 
 
 def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> alt.Chart:
+    import altair as alt  # with the first chart: the ranking above it does not wait for it
+
     data = ranked_all[ranked_all["n_seeds"] > 0].assign(
         entry=lambda d: [entry_label(m, p) for m, p in zip(d["method"], d["proxy"])],
         pareto=pareto, selected=lambda d: d["budget"] == budget,
@@ -99,6 +102,8 @@ def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> 
 
 
 def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart | None, list[str]]:
+    import altair as alt  # with the first chart: the ranking above it does not wait for it
+
     def cost_of(d: pd.DataFrame) -> pd.Series:
         if cost == "wall_s":
             return d["search_wall_s"]
@@ -137,6 +142,8 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
 def curves_chart(points: pd.DataFrame, budget: str) -> alt.Chart | None:
     """Top-1 mean ± 95 % CI against mean search MACs, one line per accuracy-vs-search-cost curve (an entry
     searched at several lengths) at this budget; None when no curve has two points."""
+    import altair as alt  # with the first chart: the ranking above it does not wait for it
+
     data = points[(points["n_points"] > 1) & (points["macs"] > 0)]
     if data.empty:
         return None
@@ -163,6 +170,8 @@ def curves_chart(points: pd.DataFrame, budget: str) -> alt.Chart | None:
 def trace_chart(trace: list) -> tuple[alt.Chart | None, str]:
     """ASGA's perturbation radius ρ_t, sharpness gap h_t and gradient norm ‖g‖ over the search steps
     (``search.trace``, every quarter epoch), and a one-line summary; (None, "") for a trace without ρ."""
+    import altair as alt  # with the first chart: the ranking above it does not wait for it
+
     rows = [t for t in trace or [] if isinstance(t, dict) and isinstance(t.get("step"), (int, float))
             and isinstance(t.get("rho"), (int, float))]
     if not rows:

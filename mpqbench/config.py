@@ -69,6 +69,10 @@ class ArchConfig(_Strict):
     proxy_input_size: int | None = Field(None, ge=8, description="override every proxy's input size for this arch")
     target_input_size: int | None = Field(None, ge=8, description="override the target's input size for this arch")
     candidates: Candidates | None = Field(None, description="override the suite's bit candidates for this arch")
+    budgets: list[BudgetName] | None = Field(
+        None, min_length=1, description="override the suite's budgets for this arch (an architecture whose accuracy "
+        "collapses at the suite's budgets, or where policies do not matter there); an entry's own `budgets` keep "
+        "those of this list")
     weights: str | None = Field(
         None,
         description="local FP state-dict file (or 'torchvision' = the torch hub cache only) that initialises "
@@ -242,9 +246,11 @@ class SuiteConfig(_Strict):
             if len(set(m.lengths or [])) != len(m.lengths or []) or 1 in (m.lengths or []):
                 raise ValueError(f"methods.{label}.lengths: {m.lengths} lists a length twice or 1 (the entry itself)")
             check("proxy", f"methods.{label}.proxies", m.proxies, self.proxies)
-            check("budget", f"methods.{label}.budgets", m.budgets, self.budgets)
+            check("budget", f"methods.{label}.budgets", m.budgets, self.all_budgets())
             check("arch", f"methods.{label}.archs", m.archs, self.archs)
-        for name, values in (("seeds", self.seeds), ("budgets", self.budgets)):
+        lists = [("seeds", self.seeds), ("budgets", self.budgets)]
+        lists += [(f"archs.{a}.budgets", c.budgets) for a, c in self.archs.items() if c.budgets is not None]
+        for name, values in lists:
             if len(set(values)) != len(values):
                 raise ValueError(f"{name}: {values} lists a value twice; list each once")
         return self
@@ -275,7 +281,7 @@ class SuiteConfig(_Strict):
         out = []
         for label, m in self.entries().items():
             for arch in m.archs or self.archs:
-                for budget in m.budgets or self.budgets:
+                for budget in [b for b in m.budgets or self.budgets_for(arch) if b in self.budgets_for(arch)]:
                     for proxy in self.method_proxies(label):
                         out.extend(Run(label, arch, budget, proxy, seed) for seed in self.seeds)
         return out
@@ -288,6 +294,14 @@ class SuiteConfig(_Strict):
 
     def candidates_for(self, arch: str) -> Candidates:
         return self.archs[arch].candidates or self.candidates
+
+    def budgets_for(self, arch: str) -> list[str]:
+        """The budgets ``arch`` runs at: its own list, else the suite's."""
+        return list(self.archs[arch].budgets or self.budgets)
+
+    def all_budgets(self) -> list[str]:
+        """Every budget some arch runs at (the suite's first, then the archs' own, each once)."""
+        return list(dict.fromkeys([*self.budgets, *(b for a in self.archs for b in self.budgets_for(a))]))
 
     def data_root_of(self, ds: DatasetConfig) -> str | None:
         return ds.data_root or self.data_root

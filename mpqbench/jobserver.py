@@ -239,7 +239,12 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int], to_clos
                                       errors=sys.stdout.errors, line_buffering=os.isatty(1))
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=sys.stderr.encoding,
                                       errors="backslashreplace", line_buffering=True)
-        import torch
+        import random
+
+        random.seed()  # a fresh process seeds these from the OS; the server's state is shared by every child
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        import torch  # its default generator is untouched by the server: a fresh process's initial state
 
         threads = request["env"].get("OMP_NUM_THREADS", "")
         torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)

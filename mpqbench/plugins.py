@@ -96,9 +96,10 @@ def resolve_suite(suite: "SuiteConfig", *, source: str = "config") -> "SuiteConf
                                               "role": m.role or cls.role})
     for arch in suite.archs:
         cand = suite.candidates_for(arch)
-        for budget in suite.budgets:
+        for budget in suite.budgets_for(arch):
             if not budget_feasible(budget, cand.w, cand.a):
-                problems.append(f"budgets: {budget} is below the cheapest policy W{min(cand.w)}A{min(cand.a)} of "
+                where = f"archs.{arch}.budgets" if suite.archs[arch].budgets else "budgets"
+                problems.append(f"{where}: {budget} is below the cheapest policy W{min(cand.w)}A{min(cand.a)} of "
                                 f"{arch}'s candidates; raise the budget or add lower bit-widths")
     if problems:
         raise UserError(f"{source} does not match the method registry:\n" + "\n".join(problems))

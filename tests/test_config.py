@@ -16,7 +16,7 @@ from mpqbench.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.json"
 SUITES = {"default": "config/config.yaml", "smoke": "config/smoke.yaml", "paper": "config/paper.yaml",
-          "extended": "config/extended.yaml"}
+          "extended": "config/extended.yaml", "archs": "config/archs.yaml"}
 
 
 def raw(suite: str) -> dict:
@@ -242,3 +242,62 @@ def test_budget_feasibility_by_hand():
     assert budget_feasible("w2a2", [2, 3], [2]) and budget_feasible("w2.5a2.5", [2, 3, 4], [2, 3, 4])
     assert not budget_feasible("w1a1", [2, 3, 4], [2, 3, 4]) and budget_feasible("w1a1", [1, 2], [1])
     assert not budget_feasible("w2a1.5", [2], [2]) and budget_feasible("w2a2", [1, 8], [4])
+
+
+def test_per_arch_budgets_and_candidates():
+    """An arch's own budgets replace the suite's for that arch only; an entry's budgets keep those of the arch's list;
+    feasibility is checked against the arch's candidates, and the workflow's budget wildcard covers every arch."""
+    from mpqbench.plugins import resolve_suite
+
+    data = copy.deepcopy(raw("default"))
+    data["archs"] = {"resnet20": {"width": 1.0},
+                     "mobilenet_v2": {"width": 0.35, "budgets": ["w3.5a3.5", "w4a4"],
+                                      "candidates": {"w": [2, 3, 4, 5, 6], "a": [3, 4, 5, 6]}}}
+    data["methods"] = {"uniform": {"method": "uniform"},
+                       "asga-sam": {"method": "asga", "role": "ablation", "budgets": ["w3a3"]},
+                       "edmips-top": {"method": "edmips", "budgets": ["w4a4"]}}
+    cfg = resolve_suite(load_suite(data))
+    assert cfg.budgets_for("resnet20") == ["w3a3", "w2.5a2.5"]
+    assert cfg.budgets_for("mobilenet_v2") == ["w3.5a3.5", "w4a4"]
+    assert cfg.all_budgets() == ["w3a3", "w2.5a2.5", "w3.5a3.5", "w4a4"]
+    cells = {(r.method, r.arch, r.budget) for r in cfg.runs()}
+    assert cells == {("uniform", "resnet20", "w3a3"), ("uniform", "resnet20", "w2.5a2.5"),
+                     ("uniform", "mobilenet_v2", "w3.5a3.5"), ("uniform", "mobilenet_v2", "w4a4"),
+                     ("asga-sam", "resnet20", "w3a3"), ("edmips-top", "mobilenet_v2", "w4a4")}
+    assert len(cfg.runs()) == len(cells) * len(cfg.seeds)
+    assert cfg.candidates_for("mobilenet_v2").a == [3, 4, 5, 6] and cfg.candidates_for("resnet20").a == [2, 3, 4]
+    # an entry budget that no arch runs at, an arch budget listed twice, an infeasible arch budget
+    bad = copy.deepcopy(data)
+    bad["methods"]["x"] = {"method": "uniform", "budgets": ["w5a5"]}
+    with pytest.raises(UserError, match=r"methods\.x\.budgets: unknown budget 'w5a5'"):
+        load_suite(bad)
+    bad = copy.deepcopy(data)
+    bad["archs"]["mobilenet_v2"]["budgets"] = ["w4a4", "w4a4"]
+    with pytest.raises(UserError, match=r"archs\.mobilenet_v2\.budgets: .* lists a value twice"):
+        load_suite(bad)
+    bad = copy.deepcopy(data)
+    bad["archs"]["mobilenet_v2"]["budgets"] = ["w2a2"]
+    del bad["methods"]["edmips-top"]
+    with pytest.raises(UserError, match=r"archs\.mobilenet_v2\.budgets: w2a2 is below the cheapest policy W2A3"):
+        resolve_suite(load_suite(bad))
+
+
+def test_architecture_suite_grid():
+    """MobileNetV2 beside ResNet-20, each at its own budgets and candidates, in its own results folder."""
+    from mpqbench.runs import Layout
+
+    cfg = suite("archs")
+    assert Layout.of(cfg).runs_dir == "results/archs/runs"
+    assert cfg.budgets_for("resnet20") == ["w3a3", "w2.5a2.5"] and cfg.budgets_for("mobilenet_v2") == ["w3.5a3.5", "w4a4"]
+    assert min(cfg.candidates_for("mobilenet_v2").a) == 3  # the sweep: A2 collapses MobileNetV2
+    runs = cfg.runs()
+    per_arch = {a: {(r.method, r.budget) for r in runs if r.arch == a} for a in cfg.archs}
+    for arch, cells in per_arch.items():
+        assert {m for m, _ in cells} == {"uniform", "random", "hawq", "edmips", "edmips-target", "edmips-target-len0.25",
+                                         "edmips-target-len0.5", "gmpq", "asga", "asga-len0.5", "asga-probe"}
+        assert {b for _, b in cells} == set(cfg.budgets_for(arch))
+    assert len(runs) == 2 * 11 * 2 * 3
+    # the ResNet-20 entries are set as in the default suite (same hyper-parameters and lengths)
+    default = suite("default").entries()
+    for label, m in cfg.entries().items():
+        assert m.hparams == default[label].hparams and m.epochs == default[label].epochs, label

@@ -73,7 +73,7 @@ def _budget(rec: Mapping[str, Any]) -> str:
 def _in_suite(suite, rec: Mapping[str, Any]) -> bool:
     entries = suite.entries()
     m = entries.get(rec["method"])
-    return (m is not None and rec["arch"] in suite.archs and _budget(rec) in suite.budgets
+    return (m is not None and rec["arch"] in suite.archs and _budget(rec) in suite.budgets_for(rec["arch"])
             and rec["proxy"] in suite.proxies and rec["target"] == suite.target.dataset)
 
 

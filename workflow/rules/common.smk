@@ -49,7 +49,7 @@ def _alternatives(names):
 
 wildcard_constraints:
     arch=_alternatives(SUITE.archs),
-    budget=_alternatives(SUITE.budgets),
+    budget=_alternatives(SUITE.all_budgets()),
     method=_alternatives(ENTRIES),
     proxy=_alternatives(SUITE.proxies),
     seed=r"\d+",
