@@ -14,7 +14,7 @@ checkpoints, process start.
 Prints the throughputs, then per rule: jobs, job time (jobs.tsv wall seconds), floor seconds, ratio; and the
 suite's total. Needs the workflow's work folder (the FP checkpoints) next to the results.
 
-    python benchmarks/suite_floor.py [--results results] [--work work/default] [--steps 12] [--search-batch 64]
+    python benchmarks/suite_floor.py [--results results] [--work work/default] [--steps 30] [--search-batch 64]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mpqbench.models import get_model  # noqa: E402
-from mpqbench.train import autocast_for  # noqa: E402
+from mpqbench.train import autocast_for, tune_malloc  # noqa: E402
 
 EVAL_IMAGES = 10_000
 
@@ -83,10 +83,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results")
     ap.add_argument("--work", default="work/default", help="the suite's work folder (fp/ and teacher/ checkpoints)")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--search-batch", type=int, default=64, help="the suite's search batch size")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    tune_malloc()  # as the jobs do (benchmarks/PROFILE.md section 6)
     results, work = Path(args.results), Path(args.work)
     records = [json.loads(p.read_text()) for p in sorted((results / "runs").rglob("*.json"))]
     jobs = list(csv.DictReader(open(results / "jobs.tsv"), delimiter="\t"))
