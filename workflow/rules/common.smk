@@ -135,7 +135,7 @@ def restore_aggregates():
 
 # The job server (mpqbench.jobserver): one process with torch and the package imported, from which every
 # local job's `mpqbench` command is forked, so a job does not pay the ~4 s of a fresh process's imports.
-# Cluster jobs (non-local executors) run their commands themselves; MPQBENCH_JOBSERVER=0 turns it off.
+# Jobs submitted to a cluster run their commands themselves; MPQBENCH_JOBSERVER=0 turns it off.
 # Every job ends its log with its own CPU time and peak RSS (MPQBENCH_USAGE=1), which jobs.tsv reads.
 _JOBSERVER = {}
 
