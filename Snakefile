@@ -35,6 +35,7 @@ onerror:
 
 onsuccess:
     stop_jobserver()
+    drop_aggregates_backup()
     print_comparison()
 
 

@@ -118,6 +118,14 @@ def backup_aggregates():
             shutil.copy2(path, dest)
 
 
+def drop_aggregates_backup():
+    """After a successful run the backup has served its purpose; a run killed before its end keeps it until the
+    next run, whose start replaces it."""
+    import shutil
+
+    shutil.rmtree(AGGREGATE_BACKUP, ignore_errors=True)
+
+
 def restore_aggregates():
     import shutil
 
@@ -150,9 +158,9 @@ def start_jobserver():
         return
     folder = tempfile.mkdtemp(prefix="mpqbench-jobs-")
     path = os.path.join(folder, "server.sock")
-    os.makedirs(LAYOUT.logs, exist_ok=True)
-    _JOBSERVER.update(proc=jobserver.start(path, log=os.path.join(LAYOUT.logs, "jobserver.log")), path=path,
-                      folder=folder)
+    os.makedirs(LAYOUT.log_dir, exist_ok=True)  # beside, not among, the job logs of logs/<suite>/
+    log = os.path.join(LAYOUT.log_dir, f"jobserver-{LAYOUT.suite}.log")
+    _JOBSERVER.update(proc=jobserver.start(path, log=log), path=path, folder=folder)
     os.environ[jobserver.ENV] = path  # jobs started before it listens run their commands themselves
 
 
