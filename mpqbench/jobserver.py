@@ -138,12 +138,7 @@ def run_remote(path: str, argv: Sequence[str]) -> int | None:
 
     for sig in _FORWARDED:
         signal.signal(sig, forward)
-    while True:
-        try:
-            line = reader.readline()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            continue
+    line = reader.readline()  # the child's exit status, sent by the server once it has reaped the child
     sock.close()
     try:
         return int(json.loads(line)["exit"])
