@@ -219,12 +219,11 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, equal: list[dict], budge
                             "no search cost to compare; n/a = ASGA's search cost is zero or missing")
 
 
-def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
+def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series, *, commands: bool = True) -> pd.DataFrame:
     """The displayed table (labelled columns, units in the headers); ``runs`` (failed ones included)
-    give each row's reproduce commands."""
-    cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+    give each row's reproduce commands (left out with ``commands=False``)."""
     matched = ranked["budget_matched"]
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "Rank": ranked["rank"],
         "Method": ranked["method"],
         "Proxy (search data)": ranked["proxy"],
@@ -253,9 +252,13 @@ def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series) ->
         "Search to settle (TMAC)": ranked["search_macs_to_settle"] / TMAC,
         "Proxy teacher (TMAC)": ranked["teacher_macs"] / TMAC,
         "Budget repaired": ranked["repaired"],
-        "Reproduce (snakemake)": [cmds[(m, p)]["snakemake"] for m, p in zip(ranked["method"], ranked["proxy"])],
-        "Reproduce search (mpqbench)": [cmds[(m, p)]["search"] for m, p in zip(ranked["method"], ranked["proxy"])],
     }).reset_index(drop=True)
+    if commands:
+        cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+        keys = list(zip(ranked["method"], ranked["proxy"]))
+        table["Reproduce (snakemake)"] = [cmds[k]["snakemake"] for k in keys]
+        table["Reproduce search (mpqbench)"] = [cmds[k]["search"] for k in keys]
+    return table
 
 
 TABLE_CONFIG = {
@@ -465,9 +468,15 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     # kept and it is filled once the ranking has been sent to the browser.
     head = st.container()
     st.subheader(f"Ranking at {f['budget']}")
+    slot = st.empty()
+    if not lb.commands_are_cheap():
+        # A fresh server: the reproduce commands need the method registry (torch, ~3 s), so the ranking is
+        # sent without them first and redrawn with them.
+        slot.dataframe(ranked_table(ranked, every, pareto_b, commands=False), hide_index=True,
+                       column_config=TABLE_CONFIG)
     table = ranked_table(ranked, every, pareto_b)
-    event = st.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
-                         selection_mode="single-row", key="board")
+    event = slot.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
+                           selection_mode="single-row", key="board")
     board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
     st.caption("Entries = method × proxy at the suite's default search length, aggregated over seeds (status ok "
                "only); mean ± 95 % Student-t interval; 'Tied with best' by paired differences across seeds. "

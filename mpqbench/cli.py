@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from mpqbench.errors import UserError
 from mpqbench.runs import (COMPARE_ENV, DEFAULT_BUDGET_FLOOR, DEFAULT_CONFIGFILE, ROLES, WORKFLOW_CORES, Layout,
-                           PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest, SearchRequest, default_of)
+                           PRECISIONS, EvaluateRequest, FinetuneRequest, PretrainRequest, SearchRequest, default_of,
+                           read_yaml)
 
 EXIT_USAGE = 2
 _DEFAULTS = Layout(suite="default", target="")  # the default suite's folders (aggregate, figures)
@@ -358,7 +359,7 @@ def _suite_runs_dir(configfile: str) -> str:
         raise UserError(f"--configfile {configfile} does not exist; pass a suite file such as "
                         f"{DEFAULT_CONFIGFILE} or config/smoke.yaml")
     try:
-        suite = load_suite(yaml.safe_load(path.read_text()), source=str(path))
+        suite = load_suite(read_yaml(path.read_text()), source=str(path))
     except yaml.YAMLError as exc:
         raise UserError(f"{configfile} is not valid YAML ({type(exc).__name__}); fix the suite file") from None
     return Layout.of(suite).runs_dir

@@ -158,6 +158,11 @@ def describe_errors(exc: ValidationError) -> str:
 
 def _non_finite(data: Any) -> str | None:
     """The dotted path of the first NaN/Infinity in parsed JSON (None when there is none)."""
+    try:  # the common case, in C: nothing to find
+        json.dumps(data, allow_nan=False)
+        return None
+    except (ValueError, TypeError):
+        pass
     stack: list[tuple[str, Any]] = [("", data)]
     while stack:
         where, v = stack.pop()

@@ -443,3 +443,45 @@ def test_app_skips_exactly_what_aggregate_skips(monkeypatch, tmp_path):
     df = board(at)
     row = df[(df["Method"] == "asga") & (df["Proxy (search data)"] == "digits")].iloc[0]
     assert row["Seeds (n)"] == 3 and row["Top-1 (%)"] == pytest.approx(89.0)
+
+
+FIRST_VIEW_PROBE = r"""
+import json, sys
+import streamlit.elements.arrow as arrow
+from streamlit.testing.v1 import AppTest
+
+calls = []
+original = arrow.ArrowMixin.dataframe
+
+def dataframe(self, data=None, *args, **kwargs):
+    cols = list(getattr(data, "columns", []))
+    if "Rank" in cols:
+        calls.append({"torch": "torch" in sys.modules, "commands": "Reproduce (snakemake)" in cols})
+    return original(self, data, *args, **kwargs)
+
+arrow.ArrowMixin.dataframe = dataframe
+at = AppTest.from_file(sys.argv[1], default_timeout=120)
+at.run()
+assert not at.exception, [e.value for e in at.exception]
+final = list(at.dataframe[0].value.columns)
+print(json.dumps({"calls": calls, "final_has_commands": "Reproduce (snakemake)" in final}))
+"""
+
+
+def test_first_view_sends_the_ranking_before_importing_torch(tmp_path):
+    """A fresh server's first view: the ranking goes out before the method registry (and torch) is imported
+    for the reproduce commands; the table is then redrawn with them in the same place. (The committed results:
+    their records carry their role, so nothing else needs the registry.)"""
+    import os
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(FIRST_VIEW_PROBE)
+    env = {**os.environ, lb.RESULTS_ENV: str(ROOT / "results"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(probe), APP], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["calls"][0] == {"torch": False, "commands": False}  # the first paint: no torch, no commands
+    assert got["calls"][-1]["commands"] and got["final_has_commands"]  # redrawn with them
+    assert len(got["calls"]) == 2

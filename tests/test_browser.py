@@ -42,13 +42,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(results: Path | None, log: Path) -> Iterator[str]:
-    """Run ``streamlit run app/leaderboard.py`` from an unrelated working directory; yield its URL."""
+def serve(results: Path | None, log: Path, app: Path = APP) -> Iterator[str]:
+    """Run ``streamlit run app/leaderboard.py`` (or ``app``) from an unrelated working directory; yield its URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MPQBENCH_RESULTS"}
     if results is not None:
         env["MPQBENCH_RESULTS"] = str(results)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
     with open(log, "w") as out:

@@ -425,7 +425,21 @@ def test_ties_share_a_rank_and_all_failed_entries_get_none(frame):
 
 def test_t_quantile_matches_tables():
     assert lb.t_quantile(0.95, 1) == pytest.approx(12.706204736)
+    assert lb.t_quantile(0.95, 2) == pytest.approx(4.302652730)
     assert lb.t_quantile(0.95, 30) == pytest.approx(2.042272456)
+    assert lb.t_quantile(0.99, 4) == pytest.approx(4.604094871)
+    assert np.isnan(lb.t_quantile(0.95, 0))
+    got = lb.t_quantile(0.95, np.array([[1, 2], [0, 30]]))
+    assert got.shape == (2, 2) and np.isnan(got[1, 0]) and got[0, 1] == pytest.approx(4.302652730)
+
+
+def test_t_quantile_matches_scipy():
+    """The incomplete-beta inversion against scipy's stdtrit (the project computes it itself so the leaderboard
+    need not import scipy.special before its first view)."""
+    stdtrit = pytest.importorskip("scipy.special").stdtrit
+    for conf in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
+        for dof in [*range(1, 60), 0.5, 1.5, 2.7, 120, 1000, 1e5]:
+            assert lb.t_quantile(conf, dof) == pytest.approx(stdtrit(dof, 0.5 + conf / 2), rel=1e-9), (conf, dof)
 
 
 def test_rank_methods_on_empty_frame():

@@ -41,7 +41,7 @@ from mpqbench.board.gains import (_isotonic_rows, cost_at_accuracy, curve_points
 from mpqbench.board.policies import natural_key, policy_frame, policy_table
 from mpqbench.board.published import PUBLISHED_COLUMNS, csv_bytes, load_published
 from mpqbench.board.records import load_records, validate_record
-from mpqbench.board.reproduce import entry_commands, record_relpath, reproduce_commands
+from mpqbench.board.reproduce import commands_are_cheap, entry_commands, record_relpath, reproduce_commands
 from mpqbench.board.stats import pareto_front, pareto_mask, paired_difference, rank_methods, t_quantile
 from mpqbench.board.summary_json import summary
 
@@ -50,7 +50,7 @@ __all__ = [
     "PUBLISHED_COLUMNS", "REFERENCE", "RESULTS_ENV", "RUN_KEY", "Results", "cost_at_accuracy", "csv_bytes",
     "curve_points", "efficiency_gain", "efficiency_gains", "entry_commands", "equal_accuracy_gain",
     "equal_accuracy_gains", "equal_accuracy_table", "filter_frame", "format_gain", "frame_to_csv",
-    "isotonic_increasing", "load_published", "load_records", "load_results", "natural_key", "paired_difference",
+    "commands_are_cheap", "isotonic_increasing", "load_published", "load_records", "load_results", "natural_key", "paired_difference",
     "pareto_front", "pareto_mask", "policy_frame", "policy_table", "rank_methods", "read_leaderboard_csv",
     "record_relpath", "records_to_frame", "reproduce_commands", "resolve_results_dir", "results_fingerprint", "suite_results_dirs",
     "record_role", "summary", "t_quantile", "validate_record", "write_leaderboard_csv",

@@ -46,7 +46,7 @@ def _suite(name: str, root: str) -> tuple[Any, str] | None:
     if path is None:
         return None
     try:
-        suite = load_suite(yaml.safe_load(path.read_text()), source=str(path))
+        suite = load_suite(runs.read_yaml(path.read_text()), source=str(path))
     except (UserError, OSError, yaml.YAMLError):
         return None
     return suite, path.relative_to(root).as_posix()
@@ -64,6 +64,15 @@ def _resolve_cached(name: str, root: str):
     from mpqbench.plugins import resolve_suite
 
     return resolve_suite(_suite(name, root)[0])
+
+
+def commands_are_cheap() -> bool:
+    """Whether the reproduce commands can be built without first importing the method registry (and torch with
+    it, about 3 s on a fresh process): the exact search line needs each method's metadata from its class. A
+    view that must appear fast shows its table without the commands first when this is False."""
+    import sys
+
+    return "mpqbench.search" in sys.modules
 
 
 def _budget(rec: Mapping[str, Any]) -> str:
