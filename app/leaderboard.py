@@ -57,6 +57,43 @@ def equal_terms(runs: pd.DataFrame, unmatched: bool) -> tuple[list[dict], pd.Dat
             lb.curve_points(runs, include_unmatched=unmatched))
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def board_frames(key: tuple, _res: lb.Results, _f: dict) -> dict[str, pd.DataFrame]:
+    """The frames of one view (its runs, the ranking of every budget, the Pareto front, the table without its
+    reproduce commands), cached on ``key``: the results' fingerprint and every filter, so a reload or a widget
+    change that comes back to a view does not recompute them."""
+    f = _f
+    crit = dict(suite=f["suite"], arch=f["arch"], target=f["target"], proxy=f["proxy"], method=f["method"])
+    # Statistics always use ok runs only; failed runs still count in each entry's status. The toggle shows
+    # entries without any ok run and lists failed runs in the detail, provenance and downloads.
+    every_all = lb.filter_frame(_res.frame, include_failed=True, **crit)
+    runs_all = every_all if f["failed"] else every_all[every_all["status"] == "ok"]
+    out = {"every": every_all[every_all["budget"] == f["budget"]],
+           "runs": runs_all[runs_all["budget"] == f["budget"]]}
+    if out["runs"].empty:
+        return out | {k: pd.DataFrame() for k in ("ranked_all", "hidden", "ranked", "table")} | {
+            "pareto": pd.Series(dtype=bool), "pareto_b": pd.Series(dtype=bool)}
+    ranked_every = lb.rank_methods(every_all, include_unmatched=f["unmatched"])
+    default_length = (ranked_every["search_length"].astype(float) - 1.0).abs() <= 1e-9
+    shown = default_length & (ranked_every["rank"].notna() | (f["failed"] & (ranked_every["n_seeds"] == 0)))
+    ranked_all = ranked_every[shown].reset_index(drop=True)
+    pareto = lb.pareto_front(ranked_all)
+    at_budget = ranked_all["budget"] == f["budget"]
+    out |= {"ranked_all": ranked_all, "pareto": pareto,
+            "hidden": ranked_every[default_length & ranked_every["rank"].isna() & (ranked_every["n_seeds"] > 0)
+                                   & (ranked_every["budget"] == f["budget"])],
+            "ranked": ranked_all[at_budget].reset_index(drop=True),
+            "pareto_b": pareto[at_budget].reset_index(drop=True)}
+    out["table"] = ranked_table(out["ranked"], out["every"], out["pareto_b"], commands=False)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def table_with_commands(key: tuple, _table: pd.DataFrame, _ranked: pd.DataFrame, _every: pd.DataFrame) -> pd.DataFrame:
+    """The ranking table with each entry's reproduce commands (cached on the view's ``key``, as board_frames)."""
+    return ranked_table(_ranked, _every, pd.Series(dtype=bool), commands=True, base=_table)
+
+
 # ---------------------------------------------------------------------------------------------- filters
 def _sync(key: str, options: list, *, multi: bool, default) -> None:
     """Initialise a widget's state from the URL on first sight; drop values the options no longer have."""
@@ -219,11 +256,26 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, equal: list[dict], budge
                             "no search cost to compare; n/a = ASGA's search cost is zero or missing")
 
 
-def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series, *, commands: bool = True) -> pd.DataFrame:
+def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series, *, commands: bool = True,
+                 base: pd.DataFrame | None = None) -> pd.DataFrame:
     """The displayed table (labelled columns, units in the headers); ``runs`` (failed ones included)
-    give each row's reproduce commands (left out with ``commands=False``)."""
+    give each row's reproduce commands (left out with ``commands=False``; added to a copy of ``base``, the same
+    table made without them, when given)."""
+    if base is not None:
+        table = base.copy()
+    else:
+        table = _table_columns(ranked, pareto)
+    if commands:
+        cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+        keys = list(zip(ranked["method"], ranked["proxy"]))
+        table["Reproduce (snakemake)"] = [cmds[k]["snakemake"] for k in keys]
+        table["Reproduce search (mpqbench)"] = [cmds[k]["search"] for k in keys]
+    return table
+
+
+def _table_columns(ranked: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
     matched = ranked["budget_matched"]
-    table = pd.DataFrame({
+    return pd.DataFrame({
         "Rank": ranked["rank"],
         "Method": ranked["method"],
         "Proxy (search data)": ranked["proxy"],
@@ -253,12 +305,6 @@ def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series, *,
         "Proxy teacher (TMAC)": ranked["teacher_macs"] / TMAC,
         "Budget repaired": ranked["repaired"],
     }).reset_index(drop=True)
-    if commands:
-        cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
-        keys = list(zip(ranked["method"], ranked["proxy"]))
-        table["Reproduce (snakemake)"] = [cmds[k]["snakemake"] for k in keys]
-        table["Reproduce search (mpqbench)"] = [cmds[k]["search"] for k in keys]
-    return table
 
 
 TABLE_CONFIG = {
@@ -440,29 +486,17 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
             st.code("\n".join(res.problems), language=None, wrap_lines=True)
     if res.error or f is None:
         return
-    crit = dict(suite=f["suite"], arch=f["arch"], target=f["target"], proxy=f["proxy"], method=f["method"])
-    # Statistics always use ok runs only; failed runs still count in each entry's status. The toggle shows
-    # entries without any ok run and lists failed runs in the detail, provenance and downloads.
-    every_all = lb.filter_frame(res.frame, include_failed=True, **crit)
-    runs_all = every_all if f["failed"] else every_all[every_all["status"] == "ok"]
-    every = every_all[every_all["budget"] == f["budget"]]
-    runs = runs_all[runs_all["budget"] == f["budget"]]
+    key = (f["results_key"], *(tuple(f[k]) if isinstance(f[k], list) else f[k] for k in FILTER_KEYS))
+    v = board_frames(key, res, f)
+    runs, every = v["runs"], v["every"]
+    ranked_all, hidden, pareto, ranked, pareto_b = (v[k] for k in ("ranked_all", "hidden", "pareto", "ranked",
+                                                                    "pareto_b"))
     st.caption(f"{f['suite']} · {f['arch']} → {f['target']} · budget {f['budget']} · "
                f"{len(runs)} run(s) shown · share this view: `?{f['query']}`")
     if runs.empty:
         st.info("No runs match these filters at this budget. Widen the proxy or method selection, choose another "
                 "budget, or switch on 'Show failed runs'.")
         return
-    ranked_every = lb.rank_methods(every_all, include_unmatched=f["unmatched"])
-    default_length = (ranked_every["search_length"].astype(float) - 1.0).abs() <= 1e-9
-    shown = default_length & (ranked_every["rank"].notna() | (f["failed"] & (ranked_every["n_seeds"] == 0)))
-    ranked_all = ranked_every[shown].reset_index(drop=True)
-    hidden = ranked_every[default_length & ranked_every["rank"].isna() & (ranked_every["n_seeds"] > 0)
-                          & (ranked_every["budget"] == f["budget"])]
-    pareto = lb.pareto_front(ranked_all)
-    at_budget = ranked_all["budget"] == f["budget"]
-    ranked = ranked_all[at_budget].reset_index(drop=True)
-    pareto_b = pareto[at_budget].reset_index(drop=True)
 
     # The ranking first: the headline above it needs the gains at equal accuracy (a bootstrap), so its place is
     # kept and it is filled once the ranking has been sent to the browser.
@@ -472,9 +506,8 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
     if not lb.commands_are_cheap():
         # A fresh server: the reproduce commands need the method registry (torch, ~3 s), so the ranking is
         # sent without them first and redrawn with them.
-        slot.dataframe(ranked_table(ranked, every, pareto_b, commands=False), hide_index=True,
-                       column_config=TABLE_CONFIG)
-    table = ranked_table(ranked, every, pareto_b)
+        slot.dataframe(v["table"], hide_index=True, column_config=TABLE_CONFIG)
+    table = table_with_commands(key, v["table"], ranked, every)
     event = slot.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
                            selection_mode="single-row", key="board")
     board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
@@ -556,8 +589,11 @@ def main() -> None:
     st.title("mpqbench leaderboard")
     st.caption("Mixed-precision quantization policies searched on a proxy dataset, fine-tuned and evaluated on "
                "the target at a matched BitOPs budget — accuracy, search cost and the per-layer policy.")
-    res = load(str(RESULTS_DIR), lb.results_fingerprint(RESULTS_DIR) if RESULTS_DIR.is_dir() else ())
+    fingerprint = lb.results_fingerprint(RESULTS_DIR) if RESULTS_DIR.is_dir() else ()
+    res = load(str(RESULTS_DIR), fingerprint)
     f = None if res.error else sidebar_filters(res.frame)
+    if f is not None:
+        f["results_key"] = (str(RESULTS_DIR), hash(fingerprint))
     # Lazy tabs: only the open one runs (its name is kept in the URL as ?tab=...).
     measured, published = st.tabs([MEASURED, PUBLISHED], key="tab", on_change="rerun", bind="query-params")
     if measured.open:
