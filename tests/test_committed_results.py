@@ -16,7 +16,8 @@ from mpqbench import runs
 from mpqbench.config import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"results": "config/config.yaml", "results/extended": "config/extended.yaml"}
+FOLDERS = {"results": "config/config.yaml", "results/extended": "config/extended.yaml",
+           "results/archs": "config/archs.yaml"}
 
 
 @pytest.mark.parametrize("folder, suite_file", FOLDERS.items())
@@ -56,3 +57,21 @@ def test_extended_suite_runs_every_new_baseline_at_both_budgets():
     cells = {(r["base_method"], r["budget"]["name"]) for r in records}
     for method in ("haq", "dq", "hmq", "seam", "limpq", "ompq"):
         assert {(method, "w3a3"), (method, "w2.5a2.5")} <= cells, method
+
+
+def test_architecture_suite_holds_both_networks_at_their_own_budgets():
+    """results/archs: ResNet-20 and MobileNetV2 each at the two budgets of its own (w3a3, w2.5a2.5; w3.5a3.5,
+    w4a4), every entry of the suite on both, and its summary carries ASGA's gains per architecture."""
+    records, _ = lb.load_records(ROOT / "results" / "archs" / "runs", strict=True)
+    cells = {(r["arch"], r["budget"]["name"]) for r in records}
+    assert cells == {("resnet20", "w3a3"), ("resnet20", "w2.5a2.5"), ("mobilenet_v2", "w3.5a3.5"),
+                     ("mobilenet_v2", "w4a4")}
+    methods = {arch: {r["method"] for r in records if r["arch"] == arch} for arch in ("resnet20", "mobilenet_v2")}
+    assert methods["resnet20"] == methods["mobilenet_v2"] >= {"uniform", "random", "hawq", "edmips", "edmips-target",
+                                                             "gmpq", "asga", "asga-probe"}
+    assert {r["search"]["width"] for r in records if r["arch"] == "mobilenet_v2"} == {0.35}
+    summary = json.loads((ROOT / "results" / "archs" / runs.AGGREGATE_FILES["summary"]).read_text())
+    for arch, budgets in (("resnet20", ("w3a3", "w2.5a2.5")), ("mobilenet_v2", ("w3.5a3.5", "w4a4"))):
+        for budget in budgets:
+            group = summary["groups"]["archs"][arch]["fashion-mnist"][budget]
+            assert "asga@digits" in group["entries"] and group["gain_at_equal_accuracy"], (arch, budget)

@@ -319,7 +319,7 @@ def test_dvc_metrics_and_plots_read_the_export():
 
 
 # ------------------------------------------------------------------------------------ the committed results
-@pytest.mark.parametrize("folder", ["results", "results/extended"])
+@pytest.mark.parametrize("folder", ["results", "results/extended", "results/archs"])
 def test_results_readme_table_is_what_export_writes(folder):
     """Each committed results README's table block is ``render_markdown`` of its folder's results; regenerate it
     with ``python scripts/results_table.py <folder> --write-readme`` (and the folder with ``mpqbench export``)."""
