@@ -94,6 +94,13 @@ def table_with_commands(key: tuple, _table: pd.DataFrame, _ranked: pd.DataFrame,
     return ranked_table(_ranked, _every, pd.Series(dtype=bool), commands=True, base=_table)
 
 
+def show_chart(chart) -> None:
+    """An Altair chart, converted without validating it against Vega-Lite's JSON schema (``st.altair_chart``
+    validates on every run: 0.2 s for a view's three charts, which delays the ranking's paint above them); the
+    charts are this app's own, and the browser tests draw each of them."""
+    st.vega_lite_chart(chart.to_dict(validate=False), width="stretch")
+
+
 # ---------------------------------------------------------------------------------------------- filters
 def _sync(key: str, options: list, *, multi: bool, default) -> None:
     """Initialise a widget's state from the URL on first sight; drop values the options no longer have."""
@@ -387,7 +394,7 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
     search = record.get("search") if isinstance(record.get("search"), dict) else {}
     chart, text = trace_chart(search.get("trace"))
     if chart is not None:
-        st.altair_chart(chart, width="stretch")
+        show_chart(chart)
         st.caption(text + " (search.trace of this record, every quarter epoch).")
     entropy = search.get("entropy")
     if isinstance(entropy, dict) and entropy:
@@ -430,7 +437,7 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
         charts.append((heat + text).properties(title=f"{name} — {label} first, then the other methods",
                                                height=24 * len(order) + 150))  # + rotated layer names
     for chart in charts:
-        st.altair_chart(chart, width="stretch")
+        show_chart(chart)
     fixed = next(iter(recs)).get("fixed") or {}
     if fixed:
         st.caption("Fixed layers (not searched): " + ", ".join(f"{k} W{v['w']}A{v['a']}" for k, v in fixed.items()))
@@ -528,18 +535,18 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
 
     left, right = st.columns(2)
     with left:
-        st.altair_chart(tradeoff_chart(ranked_all, pareto, f["budget"]), width="stretch")
+        show_chart(tradeoff_chart(ranked_all, pareto, f["budget"]))
     with right:
         chart, zero = cost_chart(ranked, f["cost"], f["budget"])
         if chart is not None:
-            st.altair_chart(chart, width="stretch")
+            show_chart(chart)
         if zero:
             st.caption("Zero search cost (not drawn on the log axis): " + ", ".join(zero))
 
     curves = curves_chart(points, f["budget"]) if len(points) else None
     if curves is not None:
         st.subheader(f"Search cost at equal accuracy ({f['budget']})")
-        st.altair_chart(curves, width="stretch")
+        show_chart(curves)
         if equal:
             st.dataframe(equal_table(equal), hide_index=True)
         st.caption("Each line is one method searched at several lengths (fractions and multiples of the suite's "
