@@ -78,7 +78,8 @@ def tradeoff_chart(ranked_all: pd.DataFrame, pareto: pd.Series, budget: str) -> 
         entry=lambda d: [entry_label(m, p) for m, p in zip(d["method"], d["proxy"])],
         pareto=pareto, selected=lambda d: d["budget"] == budget,
         lo=lambda d: d["top1_mean"] - d["top1_ci"].fillna(0), hi=lambda d: d["top1_mean"] + d["top1_ci"].fillna(0),
-    )
+    )[["method", "proxy", "entry", "budget", "bitops_g_all", "top1_mean", "top1_ci", "lo", "hi", "n_seeds",
+       "size_mb", "pareto", "selected"]]  # only what the chart draws: the spec carries its data to the browser
     x = alt.X("bitops_g_all:Q", title="BitOPs, all layers (G)", scale=alt.Scale(zero=False, padding=14))
     y = alt.Y("top1_mean:Q", title="Top-1 on target (%)", scale=alt.Scale(zero=False, padding=14))
     tooltip = [alt.Tooltip("entry:N", title="method @ proxy"), "budget:N",
@@ -121,6 +122,7 @@ def cost_chart(ranked: pd.DataFrame, cost: str, budget: str) -> tuple[alt.Chart 
     title = {"macs": "Search cost (TMAC, log)", "macs_teacher": "Search + proxy-teacher cost (TMAC, log)",
              "wall_s": "Search wall time (s, log)"}[cost]
     data = data.assign(lo=data["top1_mean"] - data["top1_ci"].fillna(0), hi=data["top1_mean"] + data["top1_ci"].fillna(0))
+    data = data[["method", "proxy", "entry", "cost", "top1_mean", "top1_ci", "lo", "hi", "search_wall_s"]]
     colour = method_colour(data)
     bars = alt.Chart(data).mark_rule(opacity=0.5).encode(
         x=alt.X("cost:Q", title=title, scale=alt.Scale(type="log", padding=14)), y="lo:Q", y2="hi:Q",
