@@ -84,14 +84,14 @@ def board_frames(key: tuple, _res: lb.Results, _f: dict) -> dict[str, pd.DataFra
                                    & (ranked_every["budget"] == f["budget"])],
             "ranked": ranked_all[at_budget].reset_index(drop=True),
             "pareto_b": pareto[at_budget].reset_index(drop=True)}
-    out["table"] = ranked_table(out["ranked"], out["every"], out["pareto_b"], commands=False)
+    out["table"] = ranked_table(out["ranked"], out["pareto_b"])
     return out
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def table_with_commands(key: tuple, _table: pd.DataFrame, _ranked: pd.DataFrame, _every: pd.DataFrame) -> pd.DataFrame:
-    """The ranking table with each entry's reproduce commands (cached on the view's ``key``, as board_frames)."""
-    return ranked_table(_ranked, _every, pd.Series(dtype=bool), commands=True, base=_table)
+    """:func:`with_commands`, cached on the view's ``key`` (as board_frames)."""
+    return with_commands(_table, _ranked, _every)
 
 
 def show_chart(chart) -> None:
@@ -263,24 +263,16 @@ def headline(ranked: pd.DataFrame, gains: pd.DataFrame, equal: list[dict], budge
                             "no search cost to compare; n/a = ASGA's search cost is zero or missing")
 
 
-def ranked_table(ranked: pd.DataFrame, runs: pd.DataFrame, pareto: pd.Series, *, commands: bool = True,
-                 base: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The displayed table (labelled columns, units in the headers); ``runs`` (failed ones included)
-    give each row's reproduce commands (left out with ``commands=False``; added to a copy of ``base``, the same
-    table made without them, when given)."""
-    if base is not None:
-        table = base.copy()
-    else:
-        table = _table_columns(ranked, pareto)
-    if commands:
-        cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
-        keys = list(zip(ranked["method"], ranked["proxy"]))
-        table["Reproduce (snakemake)"] = [cmds[k]["snakemake"] for k in keys]
-        table["Reproduce search (mpqbench)"] = [cmds[k]["search"] for k in keys]
-    return table
+def with_commands(table: pd.DataFrame, ranked: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the ranking ``table`` with each entry's reproduce commands, from ``runs`` (failed ones included)."""
+    cmds = {key: lb.entry_commands(part) for key, part in runs.groupby(["method", "proxy"], sort=False)}
+    keys = list(zip(ranked["method"], ranked["proxy"]))
+    return table.assign(**{"Reproduce (snakemake)": [cmds[k]["snakemake"] for k in keys],
+                           "Reproduce search (mpqbench)": [cmds[k]["search"] for k in keys]})
 
 
-def _table_columns(ranked: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
+def ranked_table(ranked: pd.DataFrame, pareto: pd.Series) -> pd.DataFrame:
+    """The displayed table (labelled columns, units in the headers), without the reproduce commands."""
     matched = ranked["budget_matched"]
     return pd.DataFrame({
         "Rank": ranked["rank"],

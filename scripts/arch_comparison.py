@@ -43,17 +43,12 @@ def _entries(group: dict) -> dict[str, dict]:
             if abs(float(e.get("search_length") or 1.0) - 1.0) <= 1e-9 and e.get("rank") is not None}
 
 
-def _tied(e: dict) -> bool | None:
-    t = e.get("tied_with_best")
-    return None if t is None else bool(t)
-
-
 def _verdict(e: dict) -> str:
     if e.get("rank") == 1:
         return "best"
     if e.get("paired_diff_pp") is None:
         return "n/a"
-    return "tied" if _tied(e) else "below"
+    return "tied" if e.get("tied_with_best") else "below"
 
 
 def kendall_tau(a: list[str], b: list[str]) -> float:
@@ -104,8 +99,8 @@ def main(argv: list[str]) -> int:
             (a1, _, _), (a2, _, _) = rows
             order = {a: sorted(common, key=lambda k, a=a: -ents[a][k]["top1_mean"]) for a in (a1, a2)}
             tau = kendall_tau(order[a1], order[a2])
-            differ = [k for k in common if {_verdict(ents[a1][k]), _verdict(ents[a2][k])} == {"below", "tied"}
-                      or {_verdict(ents[a1][k]), _verdict(ents[a2][k])} == {"below", "best"}]
+            differ = [k for k in common
+                      if {_verdict(ents[a1][k]), _verdict(ents[a2][k])} in ({"below", "tied"}, {"below", "best"})]
             print(f"Kendall's tau of the mean top-1 orders ({len(common)} entries): {tau:+.2f}. Best: {a1} "
                   f"{order[a1][0]}, {a2} {order[a2][0]}. Verdicts that differ (below the best on one network, "
                   f"tied with or the best on the other): {', '.join(differ) or 'none'}.\n")
