@@ -66,9 +66,15 @@ def main(argv: list[str]) -> int:
         print(f"error: {path} does not exist; run the architecture suite first "
               "(snakemake --cores 2 all --configfile config/archs.yaml)", file=sys.stderr)
         return 2
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+        groups = summary["groups"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        print(f"error: {path} is not a summary.json written by `mpqbench aggregate`; re-run the suite's aggregate "
+              "step (snakemake --cores 2 all --configfile config/archs.yaml)", file=sys.stderr)
+        return 2
     levels: dict[str, list[tuple[str, str, dict]]] = {}
-    for suite, by_arch in summary["groups"].items():
+    for suite, by_arch in groups.items():
         for arch, by_target in by_arch.items():
             for target, by_budget in by_target.items():
                 budgets = sorted(by_budget.items(), key=lambda kv: kv[1]["budget_bitops_g"])

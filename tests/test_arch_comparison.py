@@ -55,3 +55,11 @@ def test_two_networks_side_by_side(tmp_path, capsys):
 def test_missing_summary_is_a_one_line_error(tmp_path, capsys):
     assert ac.main([str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"schema_version": 1}'])
+def test_malformed_summary_is_a_one_line_error(tmp_path, capsys, text):
+    (tmp_path / "summary.json").write_text(text)
+    assert ac.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a summary.json" in err
