@@ -34,6 +34,9 @@ st.set_page_config(page_title="mpqbench leaderboard", page_icon="📊", layout="
 RESULTS_DIR = lb.resolve_results_dir(ROOT / "results")
 PUBLISHED_CSV = Path(os.environ.get("MPQBENCH_PUBLISHED") or ROOT / "baselines" / "published.csv")
 MEASURED, PUBLISHED = "Measured leaderboard", "Published numbers (not comparable)"
+# the measured tab's sections below the ranking (lazy tabs)
+POLICY, CHARTS, EQUAL, PROVENANCE = SECTIONS = ("Per-layer policy", "Accuracy vs BitOPs and search cost",
+                                                "Search cost at equal accuracy", "Provenance")
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -340,15 +343,10 @@ TABLE_CONFIG = {
 }
 
 
-def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFrame, board_rows: list[int]) -> None:
-    st.subheader("Per-layer policy")
+def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFrame, labels: list[str]) -> None:
     if not res.records:
         st.info("Per-layer policies are stored only in the run records (results/runs/**.json); this view was "
                 "loaded from leaderboard.csv, so only the reproduce commands are shown.")
-    labels = [entry_label(m, p) for m, p in zip(ranked["method"], ranked["proxy"])]
-    if board_rows and board_rows[0] < len(labels) and st.session_state.get("_board_row") != board_rows[0]:
-        st.session_state["detail"] = labels[board_rows[0]]  # a row clicked in the table drives the detail
-    st.session_state["_board_row"] = board_rows[0] if board_rows else None
     _sync("detail", [NONE] + labels, multi=False, default=NONE)
     c1, c2 = st.columns([3, 1])
     label = c1.selectbox("Policy of (or select a row in the table above)", [NONE] + labels, key="detail")
@@ -440,7 +438,6 @@ def policy_section(res: lb.Results, runs_budget: pd.DataFrame, ranked: pd.DataFr
 
 
 def provenance_section(runs: pd.DataFrame, res: lb.Results) -> None:
-    st.subheader("Provenance")
     cols = ["git_commit", "git_dirty", "mpqbench", "python", "torch", "device", "search_device"]
     prov = (runs[cols].astype("string").fillna("unknown").value_counts().rename("Runs (n)").reset_index()
             .rename(columns={"git_commit": "Commit", "git_dirty": "Dirty tree", "mpqbench": "mpqbench",
@@ -476,44 +473,68 @@ def published_tab() -> None:
     st.download_button("Download published.csv", lb.csv_bytes(view), "published.csv", "text/csv")
 
 
-def board_tab(res: lb.Results, f: dict | None) -> None:
+def ranking_slots() -> dict:
+    """The measured tab's places, created before the results are loaded: notices, the headline, the ranking's
+    title and its table. The table slot first holds an empty table, so that on a fresh page the browser fetches
+    and starts the table component while the server loads the results."""
+    slots = {"notes": st.container(), "head": st.container(), "title": st.empty(), "table": st.empty()}
+    slots["title"].subheader("Ranking")
+    slots["table"].dataframe(pd.DataFrame(), hide_index=True)
+    return slots
+
+
+def board_tab(res: lb.Results, f: dict | None, slots: dict) -> None:
+    with slots["notes"]:
+        ready = board_notes(res, f)
+    if not ready:
+        slots["title"].empty()
+        slots["table"].empty()
+        return
+    board_body(res, f, slots)
+
+
+def board_notes(res: lb.Results, f: dict | None) -> bool:
+    """Errors and skipped files of the results; whether there is a board to show."""
     if res.error:
         (st.info if res.error_kind == "empty" else st.error)(res.error)
     if res.problems:
         with st.expander(f"⚠️ {len(res.problems)} results file(s) skipped (malformed or duplicate runs)",
                          expanded=bool(res.error)):
             st.code("\n".join(res.problems), language=None, wrap_lines=True)
-    if res.error or f is None:
-        return
+    return not (res.error or f is None)
+
+
+def board_body(res: lb.Results, f: dict, slots: dict) -> None:
     key = (f["results_key"], *(tuple(f[k]) if isinstance(f[k], list) else f[k] for k in FILTER_KEYS))
     v = board_frames(key, res, f)
     runs, every = v["runs"], v["every"]
     ranked_all, hidden, pareto, ranked, pareto_b = (v[k] for k in ("ranked_all", "hidden", "pareto", "ranked",
                                                                     "pareto_b"))
-    st.caption(f"{f['suite']} · {f['arch']} → {f['target']} · budget {f['budget']} · "
-               f"{len(runs)} run(s) shown · share this view: `?{f['query']}`")
+    slots["notes"].caption(f"{f['suite']} · {f['arch']} → {f['target']} · budget {f['budget']} · "
+                           f"{len(runs)} run(s) shown · share this view: `?{f['query']}`")
     if runs.empty:
-        st.info("No runs match these filters at this budget. Widen the proxy or method selection, choose another "
-                "budget, or switch on 'Show failed runs'.")
+        slots["title"].empty()
+        slots["table"].info("No runs match these filters at this budget. Widen the proxy or method selection, "
+                            "choose another budget, or switch on 'Show failed runs'.")
         return
 
     # The ranking first: the headline above it needs the gains at equal accuracy (a bootstrap), so its place is
     # kept and it is filled once the ranking has been sent to the browser.
-    head = st.container()
-    st.subheader(f"Ranking at {f['budget']}")
-    slot = st.empty()
-    if not lb.commands_are_cheap():
-        # A fresh server: the reproduce commands need the method registry (torch, ~3 s), so the ranking is
-        # sent without them first and redrawn with them.
+    slots["title"].subheader(f"Ranking at {f['budget']}")
+    slot = slots["table"]
+    deferred = not lb.commands_are_cheap()
+    if deferred:
+        # A fresh server: the reproduce commands need the method registry (torch, ~3 s of CPU), so the ranking
+        # is sent without them, the rest of the page follows, and the table is redrawn with them at the end.
         slot.dataframe(v["table"], hide_index=True, column_config=TABLE_CONFIG)
-    table = table_with_commands(key, v["table"], ranked, every)
-    event = slot.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
-                           selection_mode="single-row", key="board")
-    board_rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+        board_rows: list[int] = []
+    else:
+        table = table_with_commands(key, v["table"], ranked, every)
+        board_rows = ranking(slot, table)
     st.caption("Entries = method × proxy at the suite's default search length, aggregated over seeds (status ok "
                "only); mean ± 95 % Student-t interval; 'Tied with best' by paired differences across seeds. "
                "Efficiency gain of M over B = cost_B / cost_M − 1 on search cost. Select a row to see its policy "
-               "below.")
+               "below; charts, the curves at equal accuracy and the provenance are in the tabs below.")
     if len(hidden):
         st.warning("Not budget-matched, left out of the ranking, ties and gains (switch on 'Include entries outside "
                    "the budget window' to include them): "
@@ -522,9 +543,43 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
 
     gains = lb.efficiency_gains(ranked, include_unmatched=f["unmatched"])
     equal, points = equal_terms(every, f["unmatched"])
-    with head:
+    with slots["head"]:
         headline(ranked, gains, equal, f["budget"], f["cost"])
 
+    labels = [entry_label(m, p) for m, p in zip(ranked["method"], ranked["proxy"])]
+    clicked = board_rows[0] if board_rows and board_rows[0] < len(labels) else None
+    if clicked is not None and st.session_state.get("_board_row") != clicked:
+        st.session_state["detail"] = labels[clicked]  # a row clicked in the table opens its policy
+        st.session_state["section"] = POLICY
+    st.session_state["_board_row"] = clicked
+    # Lazy sections: only the open one runs and is sent (its name is kept in the URL as ?section=...), so the
+    # first view is the headline, the ranking and the policy picker, and the browser draws the ranking sooner.
+    tabs = dict(zip(SECTIONS, st.tabs(SECTIONS, key="section", on_change="rerun", bind="query-params")))
+    if tabs[POLICY].open:
+        with tabs[POLICY]:
+            policy_section(res, runs, ranked, labels)
+    if tabs[CHARTS].open:
+        with tabs[CHARTS]:
+            charts_section(ranked_all, pareto, ranked, f)
+    if tabs[EQUAL].open:
+        with tabs[EQUAL]:
+            equal_section(points, equal, gains, f["budget"])
+    if tabs[PROVENANCE].open:
+        with tabs[PROVENANCE]:
+            provenance_section(runs, res)
+    if deferred:
+        table = table_with_commands(key, v["table"], ranked, every)
+        ranking(slot, table)
+
+    c1, c2 = st.columns(2)
+    c1.download_button("Download filtered runs (CSV)", lb.frame_to_csv(runs).encode(),
+                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_runs.csv", "text/csv")
+    c2.download_button("Download ranking (CSV)", lb.csv_bytes(table),
+                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_ranking.csv", "text/csv")
+    cite_section(runs, ranked, f)
+
+
+def charts_section(ranked_all: pd.DataFrame, pareto: pd.Series, ranked: pd.DataFrame, f: dict) -> None:
     left, right = st.columns(2)
     with left:
         show_chart(tradeoff_chart(ranked_all, pareto, f["budget"]))
@@ -535,9 +590,13 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
         if zero:
             st.caption("Zero search cost (not drawn on the log axis): " + ", ".join(zero))
 
-    curves = curves_chart(points, f["budget"]) if len(points) else None
-    if curves is not None:
-        st.subheader(f"Search cost at equal accuracy ({f['budget']})")
+
+def equal_section(points: pd.DataFrame, equal: list[dict], gains: pd.DataFrame, budget: str) -> None:
+    curves = curves_chart(points, budget) if len(points) else None
+    if curves is None:
+        st.info(f"No method was searched at several lengths at {budget} in this selection, so there is no curve "
+                "of accuracy against search cost to compare at equal accuracy.")
+    else:
         show_chart(curves)
         if equal:
             st.dataframe(equal_table(equal), hide_index=True)
@@ -546,22 +605,18 @@ def board_tab(res: lb.Results, f: dict | None) -> None:
                    "equal accuracy reads the reference's cost off its curve, fitted non-decreasing (isotonic) and "
                    "joined linearly, at the entry's mean top-1; '>' / '<' = the curves do not cross in the measured "
                    "range; intervals: bootstrap over seeds (paired), 95 %.")
-
     if not gains.empty:
         with st.expander("Fixed-length efficiency gains of ASGA and GMPQ-ASGA over every other method (this budget)"):
             st.dataframe(gains_table(gains), hide_index=True, column_config={
                 c: st.column_config.NumberColumn(format="%+.1f") for c in
                 ("Efficiency gain, MACs (%)", "Efficiency gain, wall (%)", "Top-1 difference (pp)")})
 
-    policy_section(res, runs, ranked, board_rows)
-    provenance_section(runs, res)
 
-    c1, c2 = st.columns(2)
-    c1.download_button("Download filtered runs (CSV)", lb.frame_to_csv(runs).encode(),
-                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_runs.csv", "text/csv")
-    c2.download_button("Download ranking (CSV)", lb.csv_bytes(table),
-                       f"mpqbench_{f['suite']}_{f['arch']}_{f['target']}_{f['budget']}_ranking.csv", "text/csv")
-    cite_section(runs, ranked, f)
+def ranking(slot, table: pd.DataFrame) -> list[int]:
+    """The ranking table with its reproduce commands, selectable by row; the selected rows."""
+    event = slot.dataframe(table, hide_index=True, column_config=TABLE_CONFIG, on_select="rerun",
+                           selection_mode="single-row", key="board")
+    return list(getattr(getattr(event, "selection", None), "rows", []) or [])
 
 
 def cite_section(runs: pd.DataFrame, ranked: pd.DataFrame, f: dict) -> None:
@@ -588,16 +643,19 @@ def main() -> None:
     st.title("mpqbench leaderboard")
     st.caption("Mixed-precision quantization policies searched on a proxy dataset, fine-tuned and evaluated on "
                "the target at a matched BitOPs budget — accuracy, search cost and the per-layer policy.")
+    # Lazy tabs: only the open one runs (its name is kept in the URL as ?tab=...).
+    measured, published = st.tabs([MEASURED, PUBLISHED], key="tab", on_change="rerun", bind="query-params")
+    if measured.open:
+        with measured:
+            slots = ranking_slots()
     fingerprint = lb.results_fingerprint(RESULTS_DIR) if RESULTS_DIR.is_dir() else ()
     res = load(str(RESULTS_DIR), fingerprint)
     f = None if res.error else sidebar_filters(res.frame)
     if f is not None:
         f["results_key"] = (str(RESULTS_DIR), hash(fingerprint))
-    # Lazy tabs: only the open one runs (its name is kept in the URL as ?tab=...).
-    measured, published = st.tabs([MEASURED, PUBLISHED], key="tab", on_change="rerun", bind="query-params")
     if measured.open:
         with measured:
-            board_tab(res, f)
+            board_tab(res, f, slots)
     if published.open:
         with published:
             published_tab()

@@ -57,6 +57,14 @@ def qp(at: AppTest, key: str) -> list[str]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def open_section(at: AppTest, name: str) -> AppTest:
+    """Open one of the lazy sections below the ranking (as a click on its tab does)."""
+    at.session_state["section"] = name
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
     return {m.label: (m.value, m.delta) for m in at.metric}
 
@@ -83,7 +91,9 @@ def test_default_view_ranks_by_hand(small):
     for col in df.columns:
         if pd.api.types.is_float_dtype(df[col]) and col != "Rank":
             assert "(" in col, col
-    assert len(small.get("vega_lite_chart")) >= 2  # accuracy-vs-BitOPs and accuracy-vs-cost (+ policy heatmaps)
+    assert small.get("vega_lite_chart") == []  # the first view: headline, ranking, policy picker; no chart
+    open_section(small, "Accuracy vs BitOPs and search cost")
+    assert len(small.get("vega_lite_chart")) == 2  # accuracy-vs-BitOPs and accuracy-vs-cost
 
 
 def test_headline_gains_by_hand(small):
@@ -115,6 +125,7 @@ def test_gains_against_zero_cost_controls_say_no_search(small):
     m = metrics(small)
     assert m["vs uniform @ digits"] == ("n/a (no search)", "+5.00 pp top-1")
     assert m["vs random @ digits"][0] == "n/a (no search)"
+    open_section(small, "Search cost at equal accuracy")  # the table of every fixed-length gain
     table = [d.value for d in small.dataframe if "Efficiency gain, MACs (%)" in d.value.columns][0]
     controls = table[table["Baseline"].isin(["uniform", "random"])]
     assert len(controls) and controls["Efficiency gain, MACs (%)"].isna().all()
@@ -142,6 +153,7 @@ def test_charts_colour_each_method_with_its_fixed_colour(small):
     from mpqbench.board import palette
 
     found = 0
+    open_section(small, "Accuracy vs BitOPs and search cost")
     for el in small.get("vega_lite_chart"):
         spec = json.loads(el.proto.spec)
         for layer in spec.get("layer", [spec]):
@@ -262,7 +274,9 @@ def test_committed_results_run(monkeypatch):
 
 def test_published_tab_is_separate_and_bad_file_is_reported(monkeypatch, tmp_path):
     at = run_app(monkeypatch, FIXTURES / "results_small")
-    assert [t.label for t in at.tabs] == ["Measured leaderboard", PUBLISHED]
+    assert [t.label for t in at.tabs] == ["Measured leaderboard", "Per-layer policy",
+                                          "Accuracy vs BitOPs and search cost", "Search cost at equal accuracy",
+                                          "Provenance", PUBLISHED]
     assert not [d for d in at.dataframe if "source_url" in d.value.columns]  # lazy: not in the measured tab
     at = run_app(monkeypatch, FIXTURES / "results_small", query={"tab": PUBLISHED})
     pub = [d.value for d in at.dataframe if "source_url" in d.value.columns]
@@ -361,13 +375,15 @@ def test_equal_accuracy_gain_and_curves_are_shown(curves):
     assert m["At equal accuracy vs edmips-target @ fashion-mnist (search MACs)"][0] == "+471% [+433%, +540%]"
     assert m["Reference cost at ASGA's accuracy (TMAC)"][0] == "5.71"
     assert m["vs edmips-target @ fashion-mnist"] == ("+300%", "+1.00 pp top-1")  # the fixed-length gain beside it
+    open_section(curves, "Search cost at equal accuracy")
     table = [d.value for d in curves.dataframe if "Gain at equal accuracy, MACs [95% CI]" in d.value.columns][0]
     assert dict(zip(table["Method"], table["Gain at equal accuracy, MACs [95% CI]"])) == {
         "asga": "+471% [+433%, +540%]", "asga-rhomin": "> +700% [+700%, +∞]", "gmpq-asga": "< -67% [-100%, -67%]"}
     assert table["Fixed-length gain, MACs"].tolist() == ["+300%", "+300%", "+33%"]
     assert table["± 95% CI (pp)"].tolist() == [1.24, 1.24, 1.24]  # each entry's mean top-1 with its interval
-    charts = curves.get("vega_lite_chart")
-    assert len(charts) == 3  # accuracy vs BitOPs, vs search cost, and the curves
+    assert len(curves.get("vega_lite_chart")) == 1  # the curves
+    open_section(curves, "Accuracy vs BitOPs and search cost")
+    assert len(curves.get("vega_lite_chart")) == 2  # accuracy vs BitOPs, vs search cost
     curves.sidebar.radio(key="cost").set_value("wall_s").run()
     assert metrics(curves)["At equal accuracy vs edmips-target @ fashion-mnist (wall seconds)"][0] == \
         "+376% [+344%, +433%]"
