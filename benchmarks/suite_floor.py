@@ -6,15 +6,20 @@ training sample counts forward + backward), the FP start model and the proxy tea
 checkpoints, and an evaluation is the 10,000 test images × the forward MACs of the arch. The floor of a job
 is those MACs at the throughput of the plain FP model doing the same kind of work on this machine, at the
 suite's precision, one thread (as the workflow's jobs): a training step (forward, backward, SGD) at the
-job's geometry and batch, or an evaluation forward (no grad). Measured here, in this process, median of
-``--steps`` steps after a warm-up. What a job spends above its floor is everything else: the quantizers,
+job's geometry and batch, or an evaluation forward (no grad). Measured in ``--concurrent`` processes at once
+(default 2: the suite runs two one-thread jobs at a time on two cores; each process's median of ``--steps``
+steps after a warm-up, averaged over the processes), ``--rounds`` times interleaved, median of the rounds;
+``--concurrent 1 --rounds 1`` measures one process alone once, as this script did before. Single measurements drift by
+10-15 % on this VM from one minute to the next (benchmarks/PROFILE.md section 8), hence the rounds. What a job spends above its floor is everything else: the quantizers,
 a search's own work beyond forward/backward (the supernet's mixing, ASGA's perturbation), data loading,
 checkpoints, process start.
 
 Prints the throughputs, then per rule: jobs, job time (jobs.tsv wall seconds), floor seconds, ratio; and the
-suite's total. Needs the workflow's work folder (the FP checkpoints) next to the results.
+suite's total, also calibrated to the run's own FP pretraining job (plain FP training at the fine-tune geometry,
+so its job time over its floor is the machine's drift between the run and this measurement). Needs the workflow's work folder (the FP checkpoints) next to the results.
 
     python benchmarks/suite_floor.py [--results results] [--work work/default] [--steps 30] [--search-batch 64]
+                                     [--rounds 3] [--concurrent 2]
 """
 
 from __future__ import annotations
@@ -79,15 +84,32 @@ def throughput(arch: str, width: float, size: int, batch: int, precision: str, *
     return macs / statistics.median(times)
 
 
+def _measure(args: tuple) -> float:
+    """One process's throughput (a worker of :func:`concurrent_throughput`)."""
+    torch.set_num_threads(1)
+    tune_malloc()  # as the jobs do (benchmarks/PROFILE.md section 6)
+    *geometry, train, steps = args
+    return throughput(*geometry, train=train, steps=steps)
+
+
+def concurrent_throughput(pool, n: int, arch: str, width: float, size: int, batch: int, precision: str, *,
+                          train: bool, steps: int) -> float:
+    """:func:`throughput` measured in ``n`` processes of ``pool`` at once (one thread each); their mean."""
+    return statistics.fmean(pool.map(_measure, [(arch, width, size, batch, precision, train, steps)] * n,
+                                     chunksize=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results")
     ap.add_argument("--work", default="work/default", help="the suite's work folder (fp/ and teacher/ checkpoints)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--search-batch", type=int, default=64, help="the suite's search batch size")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each throughput (median)")
+    ap.add_argument("--concurrent", type=int, default=2,
+                    help="processes measuring at once (the suite's concurrent jobs); 1 = one process alone")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    tune_malloc()  # as the jobs do (benchmarks/PROFILE.md section 6)
     results, work = Path(args.results), Path(args.work)
     records = [json.loads(p.read_text()) for p in sorted((results / "runs").rglob("*.json"))]
     jobs = list(csv.DictReader(open(results / "jobs.tsv"), delimiter="\t"))
@@ -101,16 +123,24 @@ def main() -> None:
     rec0 = records[0]
     arch, width = rec0["arch"], rec0["search"].get("width", 1.0)
     tsize = rec0["search"]["target_input_size"]
-    print(f"FP {arch} throughput at {precision}, one thread (median of {args.steps} steps):")
-    thr = {}
+    print(f"FP {arch} throughput at {precision}, one thread per process, {args.concurrent} process(es) at once "
+          f"(median of {args.steps} steps, mean over the processes):")
+    import multiprocessing as mp
+
     fine = (tsize, 128)
-    thr["train", *fine] = throughput(arch, width, tsize, 128, precision, train=True, steps=args.steps)
-    thr["eval", *fine] = throughput(arch, width, tsize, 128, precision, train=False, steps=args.steps)
     search_geoms = sorted({(r["search"]["proxy_input_size"], args.search_batch) for r in records})
-    for size, batch in search_geoms:
-        thr["train", size, batch] = throughput(arch, width, size, batch, precision, train=True, steps=args.steps)
+    kinds = [("train", *fine), ("eval", *fine)] + [("train", size, batch) for size, batch in search_geoms]
+    rounds: dict[tuple, list[float]] = {k: [] for k in kinds}
+    with mp.get_context("spawn").Pool(args.concurrent) as pool:
+        for _ in range(args.rounds):  # interleaved, so that the machine's drift hits every kind alike
+            for kind, size, batch in kinds:
+                rounds[kind, size, batch].append(concurrent_throughput(
+                    pool, args.concurrent, arch, width, size, batch, precision, train=kind == "train",
+                    steps=args.steps))
+    thr = {k: statistics.median(v) for k, v in rounds.items()}
     for key, value in thr.items():
-        print(f"  {key[0]:<5} {key[1]} px, batch {key[2]:<4} {value / 1e9:7.2f} GMAC/s")
+        print(f"  {key[0]:<5} {key[1]} px, batch {key[2]:<4} {value / 1e9:7.2f} GMAC/s  (rounds: "
+              + " ".join(f"{v / 1e9:.2f}" for v in rounds[key]) + ")")
     fwd_macs = _macs(get_model(arch, num_classes=10, in_channels=1, input_size=tsize, width=width),
                      torch.randn(1, 1, tsize, tsize), torch.zeros(1, dtype=torch.long), False)
 
@@ -149,6 +179,12 @@ def main() -> None:
     n, wall, fl = (sum(v[i] for v in per.values()) for i in range(3))
     print(f"| **all** | {n} | {wall:.0f} | {fl:.0f} | {wall / fl:.2f} |")
     print(f"\njob time / 2 cores = {wall / 2 / 60:.1f} min; floor / 2 cores = {fl / 2 / 60:.1f} min")
+    pre = per.get("pretrain_target")
+    if pre and pre[2] > 0:
+        # the run's own FP training job against the floor measured now: the machine's drift between the two
+        scale = pre[1] / pre[2]
+        print(f"calibrated to the run's FP pretraining job (it ran at {scale:.2f}x the floor measured now): "
+              f"floor {fl * scale:.0f} s, suite {wall / (fl * scale):.2f}x its floor")
 
 
 if __name__ == "__main__":
