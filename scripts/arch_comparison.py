@@ -24,18 +24,12 @@ import math
 import sys
 from pathlib import Path
 
-
-def _pct(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return "+∞" if math.isinf(v) else f"{100 * v:+.0f} %"
+from mpqbench.board.gains import format_gain
 
 
 def _gain(block: dict) -> str:
-    bound = block.get("bound")
-    value = _pct(block.get("value"))
-    ci = f"[{_pct(block.get('ci_low'))}, {_pct(block.get('ci_high')) if block.get('ci_high') is not None else '+∞'}]"
-    return f"{bound + ' ' if bound else ''}{value} {ci}"
+    """A gain with its interval, as the leaderboard writes it (``> +150% [+30%, +∞]``)."""
+    return format_gain(block.get("value"), block.get("bound"), block.get("ci_low"), block.get("ci_high"))
 
 
 def _entries(group: dict) -> dict[str, dict]:
@@ -121,7 +115,7 @@ def main(argv: list[str]) -> int:
                     continue
                 fixed = (g.get("fixed_length_gain") or {}).get("macs")
                 print(f"| {arch} | {budget} | {name} | {g['reference']} | {g['proposed_top1_mean']:.2f} ± "
-                      f"{g['proposed_top1_ci']:.2f} | {_gain(g['macs'])} | {_pct(fixed)} |")
+                      f"{g['proposed_top1_ci']:.2f} | {_gain(g['macs'])} | {format_gain(fixed, None)} |")
     return 0
 
 

@@ -49,7 +49,7 @@ def test_two_networks_side_by_side(tmp_path, capsys):
     assert "Kendall's tau of the mean top-1 orders (3 entries): +0.33" in out
     # asga: below on net_a, best on net_b; y: tied on net_a, below on net_b
     assert "tied with or the best on the other): asga@d, y@d." in out
-    assert "| net_a | lo | asga@d | ref@t | 80.00 ± 1.00 | > +150 % [+30 %, +∞] | +150 % |" in out
+    assert "| net_a | lo | asga@d | ref@t | 80.00 ± 1.00 | > +150% [+30%, +∞] | +150% |" in out
 
 
 def test_missing_summary_is_a_one_line_error(tmp_path, capsys):
