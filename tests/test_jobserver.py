@@ -135,6 +135,7 @@ def test_signals_reach_the_served_command(server, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err, err
 
 
+@pytest.mark.slow
 def test_the_server_stops_when_idle_or_orphaned(tmp_path):
     folder = tempfile.mkdtemp(prefix="mpqjs-idle-")
     path = os.path.join(folder, "s.sock")

@@ -344,6 +344,7 @@ def test_reproduce_command_recreates_a_record_of_any_suite(tmp_path):
         assert [w for w in workflow if w != "--no-progress"] == shown
 
 
+@pytest.mark.slow
 def test_a_failed_aggregate_leaves_the_committed_results(tmp_path):
     """Snakemake deletes the outputs of a failed job: the aggregates the suite had before are put back."""
     copy_tree(tmp_path)
