@@ -52,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(REPO / "results"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--check", action="store_true", help="exit 1 when the ranking takes over 1.5 s (cold, warm or restart)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when the ranking takes over 1.5 s (cold, warm or restart)")
     args = ap.parse_args()
     if CHROMIUM is None:
         sys.exit("error: needs Debian chromium (apt-get install -y chromium)")
@@ -70,7 +71,7 @@ def main() -> None:
                         rows[name].append((*times, *view(page, url)))
     names = ("cold: ranking", "cold: script done", "warm: ranking", "warm: script done", "restart: ranking",
              "restart: script done")
-    print(f"page load, {args.results}, seconds from navigation to the first data frame / the script done "
+    print(f"page load, {args.results}, seconds from navigation to the ranking's rows / the script done "
           f"({args.rounds} fresh servers each)")
     print(f"{'':<36}{'median':>8}  rounds")
     med = {}

@@ -9,14 +9,15 @@ suite's precision, one thread (as the workflow's jobs): a training step (forward
 job's geometry and batch, or an evaluation forward (no grad). Measured in ``--concurrent`` processes at once
 (default 2: the suite runs two one-thread jobs at a time on two cores; each process's median of ``--steps``
 steps after a warm-up, averaged over the processes), ``--rounds`` times interleaved, median of the rounds;
-``--concurrent 1 --rounds 1`` measures one process alone once, as this script did before. Single measurements drift by
-10-15 % on this VM from one minute to the next (benchmarks/PROFILE.md section 8), hence the rounds. What a job spends above its floor is everything else: the quantizers,
-a search's own work beyond forward/backward (the supernet's mixing, ASGA's perturbation), data loading,
-checkpoints, process start.
+``--concurrent 1 --rounds 1`` measures one process alone once, as this script did before. Single
+measurements drift by 10-15 % on this VM from one minute to the next (benchmarks/PROFILE.md section 8), hence
+the rounds. What a job spends above its floor is everything else: the quantizers, a search's own work beyond
+forward/backward (the supernet's mixing, ASGA's perturbation), data loading, checkpoints, process start.
 
 Prints the throughputs, then per rule: jobs, job time (jobs.tsv wall seconds), floor seconds, ratio; and the
-suite's total, also calibrated to the run's own FP pretraining job (plain FP training at the fine-tune geometry,
-so its job time over its floor is the machine's drift between the run and this measurement). Needs the workflow's work folder (the FP checkpoints) next to the results.
+suite's total, also calibrated to the run's own FP pretraining job (plain FP training at the fine-tune
+geometry, so its job time over its floor is the machine's drift between the run and this measurement). Needs
+the workflow's work folder (the FP checkpoints) next to the results.
 
     python benchmarks/suite_floor.py [--results results] [--work work/default] [--steps 30] [--search-batch 64]
                                      [--rounds 3] [--concurrent 2]

@@ -309,11 +309,14 @@ def load_results(results_dir: str | os.PathLike) -> Results:
     folder inside it (:func:`suite_results_dirs`) or, when there are no records, ``results_dir/leaderboard.csv``.
     Never raises for bad data: problems land in the result."""
     results_dir = Path(results_dir)
+
+    def failed(error: str, kind: str, problems: list[str] | None = None) -> Results:  # nothing to show
+        return Results(records_to_frame([]), problems=problems or [], error=error, error_kind=kind)
+
     how = (f"run `snakemake --cores {runs.WORKFLOW_CORES} all` to produce results, or set {RESULTS_ENV} "
            f"to a folder holding runs/**/*.json or leaderboard.csv")
     if not results_dir.is_dir():
-        return Results(records_to_frame([]), error=f"The results folder {results_dir} does not exist; {how}.",
-                       error_kind="missing")
+        return failed(f"The results folder {results_dir} does not exist; {how}.", "missing")
     runs_dir = results_dir / "runs"
     records, problems, sources = [], [], []
     for folder in suite_results_dirs(results_dir):
@@ -332,13 +335,13 @@ def load_results(results_dir: str | os.PathLike) -> Results:
         try:
             frame = read_leaderboard_csv(csv)
         except UserError as exc:
-            return Results(records_to_frame([]), problems=problems, error=str(exc), error_kind="malformed")
+            return failed(str(exc), "malformed", problems)
         if len(frame):
             return Results(frame, problems=problems, source=str(csv))
     if problems:
-        return Results(records_to_frame([]), problems=problems, error_kind="malformed",
-                       error=f"No valid run records under {runs_dir}: {len(problems)} file(s) are malformed.")
-    return Results(records_to_frame([]), error=f"No results in {results_dir} yet; {how}.", error_kind="empty")
+        return failed(f"No valid run records under {runs_dir}: {len(problems)} file(s) are malformed.", "malformed",
+                      problems)
+    return failed(f"No results in {results_dir} yet; {how}.", "empty")
 
 
 def filter_frame(df: pd.DataFrame, *, include_failed: bool = False,
